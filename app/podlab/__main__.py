@@ -1,0 +1,5 @@
+import sys
+
+from podlab.launcher import main
+
+sys.exit(main())
