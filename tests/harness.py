@@ -117,9 +117,8 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise HarnessError(
-                    f"podman system service exited: {(directory / 'podman-service.log').read_text()}"
-                )
+                service_log = (directory / "podman-service.log").read_text()
+                raise HarnessError(f"podman system service exited: {service_log}")
             if sock.exists():
                 try:
                     with httpx.Client(transport=transport, timeout=2) as client:
@@ -205,15 +204,27 @@ class LlamaServer:
 @contextlib.contextmanager
 def llama_server(model: Path, log_dir: Path, n_ctx: int = 2048) -> Iterator[LlamaServer]:
     if importlib.util.find_spec("llama_cpp") is None:
-        raise HarnessError("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]'")
+        raise HarnessError(
+            "llama-cpp-python is not installed: pip install 'llama-cpp-python[server]'"
+        )
     port = free_port()
     log_path = log_dir / f"llama-{port}.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", str(n_ctx), "--n_threads", "2",
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(n_ctx),
+            "--n_threads",
+            "2",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -23,8 +23,6 @@ THEMES = ("system", "light", "dark")
 
 def _setting(default: Any, help_text: str) -> Any:
     """A settings field whose help text the Settings page shows."""
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help_text})
     return field(default=default, metadata={"help": help_text})
 
 
@@ -53,8 +51,12 @@ class Settings:
     default_context_size: int = _setting(
         4096, "Context length for new services and for the hardware fit estimate."
     )
-    server_images: dict[str, str] = _setting(
-        {}, "Model-server image per variant (cpu, cuda, rocm, intel, vllm), overriding defaults."
+    server_images: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Model-server image per variant (cpu, cuda, rocm, intel, vllm), "
+            "overriding the defaults."
+        },
     )
 
     @classmethod
@@ -88,6 +90,10 @@ def _check_value(name: str, value: Any) -> str | None:
         return f"'{name}' must be a whole number, not {value!r}"
     if not isinstance(value, expected):
         return f"'{name}' must be {expected.__name__}, not {type(value).__name__} {value!r}"
+    return _check_range(name, value)
+
+
+def _check_range(name: str, value: Any) -> str | None:
     if name == "engine" and value not in ENGINES:
         return f"'engine' must be one of {', '.join(ENGINES)}, not {value!r}"
     if name == "theme" and value not in THEMES:

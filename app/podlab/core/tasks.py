@@ -132,10 +132,10 @@ class TaskManager:
     def clear_finished(self) -> None:
         self._tasks = [task for task in self._tasks if not task.state.finished]
 
-    async def cancel_all(self, timeout: float = 5.0) -> None:
+    async def cancel_all(self, grace_seconds: float = 5.0) -> None:
         """Cancel what still runs and wait for it, so the app quits with no pending tasks."""
         handles = [t._handle for t in self._tasks if t._handle is not None and not t._handle.done()]
         for handle in handles:
             handle.cancel()
         if handles:
-            await asyncio.wait(handles, timeout=timeout)
+            await asyncio.wait(handles, timeout=grace_seconds)
