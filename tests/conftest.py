@@ -94,8 +94,11 @@ def qloop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
     import qasync
 
     loop = qasync.QEventLoop(qapp, already_running=True)
+    executor = qasync.QThreadExecutor(4)
+    loop.set_default_executor(executor)
     asyncio.set_event_loop(loop)
     yield loop
     for task in asyncio.all_tasks(loop):
         task.cancel()
+    executor.shutdown(wait=True)
     asyncio.set_event_loop(None)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from podlab.core.engine import Engine
 from podlab.core.paths import Locations
 from podlab.core.settings import LoadedSettings, Settings, load_settings
 from podlab.core.tasks import TaskManager
@@ -25,3 +27,8 @@ class Lab:
     @property
     def settings(self) -> Settings:
         return self.loaded_settings.settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The one Podman connection of this process (discovered on its first `connect()`)."""
+        return Engine(self.settings, locations=self.locations)

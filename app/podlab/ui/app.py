@@ -1,0 +1,117 @@
+"""Application bootstrap: one QApplication, one asyncio loop on it (qasync), one main window.
+
+`podlab --screenshot FILE [--page NAME] [--size WxH]` renders the window offscreen to a PNG
+and exits: used by tests, by the README and by reviewers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from podlab import __version__
+
+if TYPE_CHECKING:
+    from podlab.core.lab import Lab
+    from podlab.ui.main_window import MainWindow
+
+DEFAULT_SIZE = (1280, 800)
+
+
+def parse_gui_args(argv: list[str]) -> argparse.Namespace:
+    from podlab.ui.main_window import PAGE_KEYS
+
+    parser = argparse.ArgumentParser(prog="podlab", description="Open the Podlab window.")
+    parser.add_argument("--screenshot", metavar="FILE", help="render the window to a PNG and exit")
+    parser.add_argument("--page", choices=PAGE_KEYS, default="dashboard", help="page to show")
+    parser.add_argument("--size", default="x".join(map(str, DEFAULT_SIZE)), metavar="WxH")
+    args = parser.parse_args(argv)
+    try:
+        width, height = (int(part) for part in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must look like 1280x800, not {args.size!r}")
+    if width < 200 or height < 150:
+        parser.error("--size is too small (at least 200x150)")
+    args.width, args.height = width, height
+    return args
+
+
+def run_gui(argv: list[str]) -> int:
+    args = parse_gui_args(argv)
+    if args.screenshot:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    from podlab.core.lab import Lab
+    from podlab.ui.main_window import MainWindow, window_icon
+    from podlab.ui.theme import apply_theme
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Podlab")
+    app.setApplicationVersion(__version__)
+    app.setDesktopFileName("io.github.podlab.Podlab")
+    app.setWindowIcon(window_icon())
+    lab = Lab.open()
+    apply_theme(app, lab.settings.theme)
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    window = MainWindow(lab)
+    window.resize(args.width, args.height)
+    window.show_page(args.page)
+
+    if args.screenshot:
+        return _screenshot(window, Path(args.screenshot), loop)
+
+    window.show()
+    from podlab.ui.engine_status import watch_engine
+
+    with loop:
+        quit_event = asyncio.Event()
+        app.aboutToQuit.connect(quit_event.set)
+        watcher = loop.create_task(watch_engine(window))
+        loop.run_until_complete(quit_event.wait())
+        watcher.cancel()
+        loop.run_until_complete(_shutdown(lab, watcher))
+    return 0
+
+
+async def _shutdown(lab: Lab, watcher: asyncio.Task[None]) -> None:
+    """Cancel and await everything still running, so Python warns about no pending task."""
+    await lab.tasks.cancel_all()
+    await asyncio.gather(watcher, return_exceptions=True)
+    current = asyncio.current_task()
+    rest = [task for task in asyncio.all_tasks() if task is not current]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _screenshot(window: MainWindow, path: Path, loop: asyncio.AbstractEventLoop) -> int:
+    """Show offscreen, let the page finish its first async load, grab and save."""
+    window.show()
+    with loop:
+        loop.run_until_complete(_settle(window))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(path), "PNG"):
+        print(f"podlab: error: could not write {path}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+async def _settle(window: MainWindow) -> None:
+    """Wait for the engine check and for the shown page's `settle()` coroutine, if it has one."""
+    from podlab.ui.engine_status import refresh_engine_status
+
+    await refresh_engine_status(window)
+    settle = getattr(window.page(window.current_page_key()), "settle", None)
+    if settle is not None:
+        await settle()
+    await asyncio.sleep(0.05)

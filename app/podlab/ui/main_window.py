@@ -1,0 +1,149 @@
+"""The main window: a navigation list of pages, the pages themselves, and a status bar."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QStackedWidget,
+    QStyle,
+    QWidget,
+)
+
+from podlab.core.lab import Lab
+
+
+@dataclass(frozen=True)
+class PageEntry:
+    """A page of the navigation: created on first visit, so start-up stays fast."""
+
+    key: str
+    title: str
+    icon: QStyle.StandardPixmap
+    module: str
+    """Module under podlab.ui.pages with a `create_page(lab, window) -> QWidget`."""
+
+
+PAGES: tuple[PageEntry, ...] = (
+    PageEntry("dashboard", "Dashboard", QStyle.StandardPixmap.SP_ComputerIcon, "dashboard"),
+    PageEntry("catalog", "Catalog", QStyle.StandardPixmap.SP_FileDialogContentsView, "catalog"),
+    PageEntry("models", "Models", QStyle.StandardPixmap.SP_DriveHDIcon, "models"),
+    PageEntry("services", "Services", QStyle.StandardPixmap.SP_MediaPlay, "services"),
+    PageEntry(
+        "playground", "Playground", QStyle.StandardPixmap.SP_MessageBoxQuestion, "playground"
+    ),
+    PageEntry("compare", "Compare", QStyle.StandardPixmap.SP_FileDialogListView, "compare"),
+    PageEntry("recipes", "Recipes", QStyle.StandardPixmap.SP_DirIcon, "recipes"),
+    PageEntry("tasks", "Tasks", QStyle.StandardPixmap.SP_BrowserReload, "tasks"),
+    PageEntry("settings", "Settings", QStyle.StandardPixmap.SP_FileDialogDetailedView, "settings"),
+)
+PAGE_KEYS = tuple(page.key for page in PAGES)
+
+
+class MainWindow(QMainWindow):
+    """Holds the pages; pages reach core through the shared `Lab`, never through the window."""
+
+    sig_page_changed = Signal(str)
+    """Emitted with the page key after the user (or code) switched pages."""
+
+    def __init__(self, lab: Lab, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.lab = lab
+        self.setWindowTitle("Podlab")
+        self.setMinimumSize(QSize(900, 600))
+        self._pages: dict[str, QWidget] = {}
+        self._close_handlers: list[Callable[[], None]] = []
+
+        self.nav = QListWidget()
+        self.nav.setObjectName("navigation")
+        self.nav.setIconSize(QSize(20, 20))
+        self.nav.setFixedWidth(180)
+        self.nav.setSpacing(2)
+        for index, page in enumerate(PAGES):
+            item = QListWidgetItem(self.style().standardIcon(page.icon), page.title)
+            item.setData(Qt.ItemDataRole.UserRole, page.key)
+            item.setToolTip(f"{page.title} (Ctrl+{index + 1})")
+            self.nav.addItem(item)
+        self.stack = QStackedWidget()
+        for page in PAGES:
+            holder = QWidget()
+            holder.setObjectName(f"holder-{page.key}")
+            self.stack.addWidget(holder)
+
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.nav)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+
+        self.engine_label = QLabel("Container engine: checking…")
+        self.engine_label.setObjectName("engine-status")
+        self.statusBar().addPermanentWidget(self.engine_label)
+        for error in lab.loaded_settings.errors:
+            self.statusBar().showMessage(f"Settings: {error} (defaults used)")
+
+        self.nav.currentRowChanged.connect(self._on_row_changed)
+        for index in range(len(PAGES)):
+            shortcut = QShortcut(QKeySequence(f"Ctrl+{index + 1}"), self)
+            shortcut.activated.connect(lambda row=index: self.nav.setCurrentRow(row))
+        self.nav.setCurrentRow(0)
+
+    def page(self, key: str) -> QWidget:
+        """The page widget for `key`, created on first use."""
+        if key not in self._pages:
+            entry = next(page for page in PAGES if page.key == key)
+            module = importlib.import_module(f"podlab.ui.pages.{entry.module}")
+            widget: QWidget = module.create_page(self.lab, self)
+            index = PAGE_KEYS.index(key)
+            old = self.stack.widget(index)
+            self.stack.removeWidget(old)
+            old.deleteLater()
+            self.stack.insertWidget(index, widget)
+            self._pages[key] = widget
+        return self._pages[key]
+
+    def show_page(self, key: str) -> QWidget:
+        self.nav.setCurrentRow(PAGE_KEYS.index(key))
+        return self.page(key)
+
+    def current_page_key(self) -> str:
+        return PAGE_KEYS[self.nav.currentRow()]
+
+    def set_engine_status(self, text: str, tooltip: str = "", ok: bool = True) -> None:
+        self.engine_label.setText(text)
+        self.engine_label.setToolTip(tooltip)
+        self.engine_label.setProperty("ok", ok)
+
+    def on_close(self, handler: Callable[[], None]) -> None:
+        """Run `handler` when the window closes (pages use it to stop their work)."""
+        self._close_handlers.append(handler)
+
+    def _on_row_changed(self, row: int) -> None:
+        if row < 0:
+            return
+        key = PAGE_KEYS[row]
+        self.page(key)
+        self.stack.setCurrentIndex(row)
+        self.sig_page_changed.emit(key)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        for handler in self._close_handlers:
+            handler()
+        super().closeEvent(event)
+
+
+def window_icon() -> QIcon:
+    from podlab.core.resources import resource
+
+    return QIcon(str(resource("icons/podlab.svg")))
