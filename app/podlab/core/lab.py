@@ -1,14 +1,21 @@
-"""The application's shared state: settings, folders and the task list, for GUI and CLI alike."""
+"""The application's shared state: settings, folders and the task list, for GUI and CLI alike.
+
+Heavy parts (the asyncio task list, the Podman engine with httpx and podman-py) are created on
+first use, so the window can appear before they are imported.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from podlab.core.engine import Engine
 from podlab.core.paths import Locations
 from podlab.core.settings import LoadedSettings, Settings, load_settings
-from podlab.core.tasks import TaskManager
+
+if TYPE_CHECKING:
+    from podlab.core.engine import Engine
+    from podlab.core.tasks import TaskManager
 
 
 @dataclass
@@ -17,7 +24,6 @@ class Lab:
 
     locations: Locations
     loaded_settings: LoadedSettings
-    tasks: TaskManager = field(default_factory=TaskManager)
 
     @classmethod
     def open(cls, locations: Locations | None = None) -> Lab:
@@ -29,6 +35,18 @@ class Lab:
         return self.loaded_settings.settings
 
     @cached_property
+    def tasks(self) -> TaskManager:
+        """Every long job of this process; asyncio is imported only once one is needed."""
+        from podlab.core.tasks import TaskManager
+
+        return TaskManager()
+
+    @cached_property
     def engine(self) -> Engine:
-        """The one Podman connection of this process (discovered on its first `connect()`)."""
+        """The one Podman connection of this process (discovered on its first `connect()`).
+
+        Imported here, not at module level: httpx and podman-py are not needed to show the window.
+        """
+        from podlab.core.engine import Engine
+
         return Engine(self.settings, locations=self.locations)

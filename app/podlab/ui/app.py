@@ -7,7 +7,6 @@ and exits: used by tests, by the README and by reviewers.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING
 from podlab import __version__
 
 if TYPE_CHECKING:
+    import asyncio
+
     from podlab.core.lab import Lab
     from podlab.ui.main_window import MainWindow
 
@@ -45,7 +46,6 @@ def run_gui(argv: list[str]) -> int:
     if args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-    import qasync
     from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
@@ -53,23 +53,31 @@ def run_gui(argv: list[str]) -> int:
     from podlab.ui.theme import apply_theme
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
     app.setApplicationName("Podlab")
     app.setApplicationVersion(__version__)
     app.setDesktopFileName("io.github.podlab.Podlab")
     app.setWindowIcon(window_icon())
     lab = Lab.open()
     apply_theme(app, lab.settings.theme)
+    window = MainWindow(lab)
+    window.resize(args.width, args.height)
+    if not args.screenshot:
+        # Paint the window before asyncio, qasync and the first page are loaded: the user sees
+        # Podlab at once and the page fills in a moment later.
+        window.show()
+        app.processEvents()
+
+    import asyncio
+
+    import qasync
 
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
-    window = MainWindow(lab)
-    window.resize(args.width, args.height)
     window.show_page(args.page)
-
     if args.screenshot:
         return _screenshot(window, Path(args.screenshot), loop)
 
-    window.show()
     from podlab.ui.engine_status import watch_engine
 
     with loop:
@@ -84,6 +92,8 @@ def run_gui(argv: list[str]) -> int:
 
 async def _shutdown(lab: Lab, watcher: asyncio.Task[None]) -> None:
     """Cancel and await everything still running, so Python warns about no pending task."""
+    import asyncio
+
     await lab.tasks.cancel_all()
     await asyncio.gather(watcher, return_exceptions=True)
     current = asyncio.current_task()
@@ -108,6 +118,8 @@ def _screenshot(window: MainWindow, path: Path, loop: asyncio.AbstractEventLoop)
 
 async def _settle(window: MainWindow) -> None:
     """Wait for the engine check and for the shown page's `settle()` coroutine, if it has one."""
+    import asyncio
+
     from podlab.ui.engine_status import refresh_engine_status
 
     await refresh_engine_status(window)

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -97,7 +97,11 @@ class MainWindow(QMainWindow):
         for index in range(len(PAGES)):
             shortcut = QShortcut(QKeySequence(f"Ctrl+{index + 1}"), self)
             shortcut.activated.connect(lambda row=index: self.nav.setCurrentRow(row))
+        # The first row is marked without building its page: the caller shows the window first
+        # and then calls show_page, so the window appears before any page's imports and load.
+        blocker = QSignalBlocker(self.nav)
         self.nav.setCurrentRow(0)
+        blocker.unblock()
 
     def page(self, key: str) -> QWidget:
         """The page widget for `key`, created on first use."""
@@ -114,7 +118,11 @@ class MainWindow(QMainWindow):
         return self._pages[key]
 
     def show_page(self, key: str) -> QWidget:
-        self.nav.setCurrentRow(PAGE_KEYS.index(key))
+        row = PAGE_KEYS.index(key)
+        if self.nav.currentRow() == row:
+            self._on_row_changed(row)
+        else:
+            self.nav.setCurrentRow(row)
         return self.page(key)
 
     def current_page_key(self) -> str:
