@@ -22,6 +22,7 @@ def window(qtbot, qloop) -> MainWindow:  # type: ignore[no-untyped-def]
     qtbot.addWidget(win)
     win.resize(1280, 800)
     win.show()
+    win.show_page("dashboard")
     return win
 
 
