@@ -1,8 +1,13 @@
-"""Light and dark: follow the system by default (Qt's colour-scheme hint), or force one."""
+"""Light and dark: follow the system by default (Qt's colour-scheme hint), or force one.
+
+Forcing a scheme also sets an explicit Fusion palette, because some platforms (and the
+offscreen one used for screenshots) ignore the colour-scheme hint.
+"""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
 SCHEMES = {
@@ -12,11 +17,44 @@ SCHEMES = {
 }
 
 
+def dark_palette() -> QPalette:
+    palette = QPalette()
+    role = QPalette.ColorRole
+    colors = {
+        role.Window: "#202124",
+        role.WindowText: "#e8eaed",
+        role.Base: "#17181a",
+        role.AlternateBase: "#26282b",
+        role.ToolTipBase: "#303134",
+        role.ToolTipText: "#e8eaed",
+        role.Text: "#e8eaed",
+        role.Button: "#2b2d30",
+        role.ButtonText: "#e8eaed",
+        role.BrightText: "#ff6b6b",
+        role.Link: "#8ab4f8",
+        role.Highlight: "#3b5bdb",
+        role.HighlightedText: "#ffffff",
+        role.PlaceholderText: "#9aa0a6",
+    }
+    for color_role, value in colors.items():
+        palette.setColor(color_role, QColor(value))
+    disabled = QPalette.ColorGroup.Disabled
+    for color_role in (role.Text, role.WindowText, role.ButtonText):
+        palette.setColor(disabled, color_role, QColor("#7f8388"))
+    return palette
+
+
 def apply_theme(app: QApplication, theme: str) -> None:
     """Fusion draws the same everywhere and switches palettes with the colour scheme."""
     app.setStyle("Fusion")
     app.styleHints().setColorScheme(SCHEMES.get(theme, Qt.ColorScheme.Unknown))
+    if theme == "dark":
+        app.setPalette(dark_palette())
+    elif theme == "light":
+        app.setPalette(app.style().standardPalette())
+    else:
+        app.setPalette(QPalette())  # back to the platform's palette
 
 
 def is_dark(app: QApplication) -> bool:
-    return app.styleHints().colorScheme() == Qt.ColorScheme.Dark
+    return app.palette().color(QPalette.ColorRole.Window).lightness() < 128
