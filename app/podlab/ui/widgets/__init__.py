@@ -1,0 +1,1 @@
+"""Reusable widgets: the streaming Markdown view and the chat view built from it."""
