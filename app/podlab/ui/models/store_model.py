@@ -1,0 +1,202 @@
+"""The model store as a table: Podlab's downloads, partials and imports, then models found in
+RamaLama, Ollama and the Hugging Face cache (read-only), with a search proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QFont
+
+from podlab.core.store import MISSING, PARTIAL, READY, StoredModel
+from podlab.ui.models.formatting import size_text
+
+ModelIndex = QModelIndex | QPersistentModelIndex
+
+COLUMNS = ("Name", "Source", "Quantization", "Size", "State", "Path")
+COL_NAME, COL_SOURCE, COL_QUANT, COL_SIZE, COL_STATE, COL_PATH = range(len(COLUMNS))
+
+ENTRY_ROLE = Qt.ItemDataRole.UserRole + 1
+"""The row's StoredModel."""
+SORT_ROLE = Qt.ItemDataRole.UserRole + 2
+
+SOURCE_NAMES = {
+    "catalog": "Catalog",
+    "url": "URL",
+    "imported": "Imported",
+    "ollama": "Ollama",
+    "huggingface": "Hugging Face cache",
+    "ramalama": "RamaLama",
+}
+
+
+def source_text(entry: StoredModel) -> str:
+    name = SOURCE_NAMES.get(entry.source, entry.source)
+    if entry.read_only:
+        return f"{name} (read-only)"
+    if entry.source == "imported":
+        return "Imported (copy)" if entry.managed else "Imported (your file)"
+    return name
+
+
+def partial_fraction(entry: StoredModel) -> float | None:
+    if entry.state != PARTIAL or entry.done is None or not entry.size:
+        return None
+    return min(1.0, entry.done / entry.size)
+
+
+class StoreTableModel(QAbstractTableModel):
+    """Rows are StoredModel entries; running downloads add their live percentage."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._entries: list[StoredModel] = []
+        self._progress: dict[str, float | None] = {}
+
+    def set_entries(self, entries: Sequence[StoredModel]) -> None:
+        self.beginResetModel()
+        self._entries = list(entries)
+        self.endResetModel()
+
+    def entries(self) -> list[StoredModel]:
+        return list(self._entries)
+
+    def entry_at(self, row: int) -> StoredModel | None:
+        return self._entries[row] if 0 <= row < len(self._entries) else None
+
+    def row_of(self, model_id: str) -> int:
+        for row, entry in enumerate(self._entries):
+            if entry.id == model_id:
+                return row
+        return -1
+
+    def set_progress(self, model_id: str, fraction: float | None) -> None:
+        self._progress[model_id] = fraction
+        row = self.row_of(model_id)
+        if row >= 0:
+            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+
+    def clear_progress(self, model_id: str) -> None:
+        self._progress.pop(model_id, None)
+
+    def downloading(self, model_id: str) -> bool:
+        return model_id in self._progress
+
+    def state_text(self, entry: StoredModel) -> str:
+        if entry.id in self._progress:
+            fraction = self._progress[entry.id]
+            return "Downloading" + ("" if fraction is None else f" {fraction * 100:.0f} %")
+        if entry.state == READY:
+            return "Ready"
+        if entry.state == PARTIAL:
+            fraction = partial_fraction(entry)
+            return "Partial" + ("" if fraction is None else f" {fraction * 100:.0f} %")
+        if entry.state == MISSING:
+            return "File missing"
+        return entry.state
+
+    # -- Qt model API --------------------------------------------------------------------------
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._entries)
+
+    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> object:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> object:
+        entry = self.entry_at(index.row()) if index.isValid() else None
+        if entry is None:
+            return None
+        column = index.column()
+        if role == ENTRY_ROLE:
+            return entry
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(entry, column)
+        if role == SORT_ROLE:
+            if column == COL_SIZE:
+                return entry.size or -1
+            if column == COL_STATE:
+                fraction = partial_fraction(entry)
+                rank = {READY: 0, PARTIAL: 1}.get(entry.state, 2)
+                return rank + (fraction or 0) / 10
+            return self._display(entry, column).casefold()
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if column == COL_PATH:
+                return str(entry.path)
+            if column == COL_SOURCE and entry.read_only:
+                owner = SOURCE_NAMES.get(entry.source, entry.source)
+                return f"Found in {owner}'s folder; Podlab only reads it."
+            if column == COL_NAME:
+                return entry.id
+            return None
+        if role == Qt.ItemDataRole.FontRole and entry.read_only:
+            font = QFont()
+            font.setItalic(True)
+            return font
+        if role == Qt.ItemDataRole.TextAlignmentRole and column == COL_SIZE:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _display(self, entry: StoredModel, column: int) -> str:
+        if column == COL_NAME:
+            return entry.name
+        if column == COL_SOURCE:
+            return source_text(entry)
+        if column == COL_QUANT:
+            return entry.quantization or ""
+        if column == COL_SIZE:
+            return size_text(entry.size)
+        if column == COL_STATE:
+            return self.state_text(entry)
+        if column == COL_PATH:
+            return str(entry.path)
+        return ""
+
+
+class StoreFilterProxy(QSortFilterProxyModel):
+    """Search over name, id, source, quantization and path."""
+
+    def __init__(self, source: StoreTableModel, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._source = source
+        self._needle = ""
+        self.setSourceModel(source)
+        self.setSortRole(SORT_ROLE)
+        self.setDynamicSortFilter(True)
+
+    def set_text(self, text: str) -> None:
+        needle = text.strip().casefold()
+        if needle == self._needle:
+            return
+        if hasattr(self, "beginFilterChange"):  # Qt 6.10+
+            self.beginFilterChange()
+        self._needle = needle
+        if hasattr(self, "endFilterChange"):
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:  # pragma: no cover - older Qt
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, source_row: int, source_parent: ModelIndex) -> bool:
+        if not self._needle:
+            return True
+        entry = self._source.entry_at(source_row)
+        if entry is None:
+            return False
+        haystack = " ".join(
+            (entry.name, entry.id, source_text(entry), entry.quantization or "", str(entry.path))
+        )
+        return self._needle in haystack.casefold()
