@@ -1,0 +1,144 @@
+"""API keys for remote endpoints: in the system keyring when there is one, never in files or logs.
+
+Keys are stored per endpoint (the normalized base URL) under the service name "podlab". When no
+usable keyring backend exists (a headless box without Secret Service), keys live in memory for
+this process only and `keyring_available()` is False, so the UI can say that they will not be
+remembered; an environment variable is the other way to provide one.
+
+Keyring calls may block (D-Bus, an unlock prompt): from asyncio, call them through
+`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from podlab.core.chat import normalize_base_url
+from podlab.core.errors import PodlabError
+
+__all__ = [
+    "SERVICE",
+    "Secret",
+    "delete_api_key",
+    "get_api_key",
+    "keyring_available",
+    "set_api_key",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICE = "podlab"
+_memory: dict[str, str] = {}
+_memory_lock = threading.Lock()
+
+
+class Secret(str):
+    """A key that shows as `***` in repr, str(), f-strings and log messages.
+
+    `reveal()` gives the value; `ChatClient` accepts a Secret directly.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, format_spec: str) -> str:
+        return format("***", format_spec)
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def _keyring_backend() -> object | None:
+    try:
+        import keyring
+        from keyring.backends import fail
+    except ImportError:
+        return None
+    try:
+        backend = keyring.get_keyring()
+    except Exception:
+        return None
+    if isinstance(backend, fail.Keyring):
+        return None
+    priority = getattr(backend, "priority", 1)
+    try:
+        if float(priority) <= 0:  # the "null" and "fail" style backends
+            return None
+    except (TypeError, ValueError):
+        pass
+    return backend
+
+
+def keyring_available() -> bool:
+    """True when keys survive a restart (a real keyring backend is configured)."""
+    return _keyring_backend() is not None
+
+
+def _account(endpoint: str) -> str:
+    return normalize_base_url(endpoint)
+
+
+def get_api_key(endpoint: str) -> Secret | None:
+    """The stored key for an endpoint, or None."""
+    account = _account(endpoint)
+    if _keyring_backend() is not None:
+        import keyring
+
+        try:
+            value = keyring.get_password(SERVICE, account)
+        except Exception as exc:
+            log.warning(
+                "cannot read the API key for %s from the keyring: %s", account, type(exc).__name__
+            )
+            value = None
+        if value:
+            return Secret(value)
+    with _memory_lock:
+        value = _memory.get(account)
+    return Secret(value) if value else None
+
+
+def set_api_key(endpoint: str, key: str) -> bool:
+    """Store a key; True when it went to the keyring, False when it is kept in memory only."""
+    if not key:
+        delete_api_key(endpoint)
+        return keyring_available()
+    account = _account(endpoint)
+    if _keyring_backend() is not None:
+        import keyring
+
+        try:
+            keyring.set_password(SERVICE, account, str.__str__(key))
+        except Exception as exc:
+            raise PodlabError(
+                f"cannot store the API key for {account} in the keyring ({type(exc).__name__})",
+                "unlock the keyring, or provide the key through an environment variable",
+            ) from None
+        with _memory_lock:
+            _memory.pop(account, None)
+        return True
+    with _memory_lock:
+        _memory[account] = str.__str__(key)
+    return False
+
+
+def delete_api_key(endpoint: str) -> None:
+    account = _account(endpoint)
+    with _memory_lock:
+        _memory.pop(account, None)
+    if _keyring_backend() is not None:
+        import keyring
+        from keyring.errors import PasswordDeleteError
+
+        try:
+            keyring.delete_password(SERVICE, account)
+        except PasswordDeleteError:
+            pass
+        except Exception as exc:
+            log.warning("cannot delete the API key for %s: %s", account, type(exc).__name__)
