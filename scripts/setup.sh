@@ -52,3 +52,13 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.podlab-installed-*
   touch "$stamp"
 fi
+
+if [ "$profile" = test ]; then
+  # Wheels of the llama-cpp-python installed above (and its server's dependencies), so that the
+  # tests build Podlab's model-server image without compiling llama.cpp again in the container.
+  version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))')
+  if ! ls .venv/wheelhouse/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
+    echo "setup: collecting the llama-cpp-python $version wheelhouse for image builds"
+    .venv/bin/python -m pip wheel -q "llama-cpp-python[server]==$version" -w .venv/wheelhouse
+  fi
+fi

@@ -1,0 +1,140 @@
+"""Fixtures for serving tests: the model-server image (built once per session), service managers
+pointed at the test Podman service, and cleanup of everything Podlab created.
+
+The image is built FROM the local debian:bookworm-slim with a wheelhouse of the host's own
+llama-cpp-python (`pip wheel` is instant from pip's cache; host and image are both Debian 12 /
+CPython 3.11) and the host CA bundle, so the build neither compiles llama.cpp nor needs PyPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podlab.core.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, PODLAB_SERVER_IMAGE
+from podlab.core.engine import Engine
+from podlab.core.local_server import LocalEngine
+from podlab.core.paths import Locations
+from podlab.core.services import ServiceManager, build_model_server_image
+from podlab.core.settings import Settings
+from tests import harness
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels of the llama-cpp-python the host runs (and its server dependencies).
+
+    PODLAB_WHEELHOUSE names a ready one (CI makes it while installing llama-cpp-python);
+    otherwise `pip wheel` makes one, instantly when pip's cache holds the compiled wheel.
+    """
+    version = importlib.metadata.version("llama_cpp_python")
+    ready = os.environ.get("PODLAB_WHEELHOUSE")
+    if ready and list(Path(ready).glob(f"llama_cpp_python-{version}-*.whl")):
+        return Path(ready)
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+            f"llama-cpp-python[server]=={version}", "-w", str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or not list(folder.glob("llama_cpp_python-*.whl")):
+        raise harness.HarnessError(f"pip wheel llama-cpp-python failed:\n{done.stderr[-3000:]}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_server_image(
+    podman_service: harness.PodmanService, base_image: str, wheelhouse: Path
+) -> str:
+    """Podlab's own model-server image, built through Engine.build once per session."""
+
+    async def build() -> list[str]:
+        engine = Engine(url=podman_service.url)
+        await engine.connect()
+        lines = [
+            line
+            async for line in build_model_server_image(
+                engine, wheelhouse=wheelhouse, use_host_ca=True, pull="never"
+            )
+        ]
+        await engine.aclose()
+        return lines
+
+    started = time.monotonic()
+    lines = asyncio.run(build())
+    print(f"model server image built in {time.monotonic() - started:.1f} s ({len(lines)} lines)")
+    return PODLAB_SERVER_IMAGE
+
+
+def remove_podlab_containers(client: Any) -> None:
+    """Remove every Podlab container. Container storage is shared by every Podman service on
+    the machine, so prefer `remove_services` when other test sessions may run at the same time."""
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"}):
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
+
+
+def remove_services(client: Any, service_ids: set[str]) -> None:
+    """Remove the containers of these Podlab services only."""
+    for service_id in service_ids:
+        label = f"{LABEL_SERVICE_ID}={service_id}"
+        for container in client.containers.list(all=True, filters={"label": label}):
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+
+
+def kill_local_servers(locations: Locations) -> None:
+    for record in LocalEngine(locations).records():
+        if record.pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(record.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def service_manager(
+    podman_env: harness.PodmanService, podman_client: Any
+) -> Iterator[ServiceManager]:
+    """A ServiceManager on the test Podman service. Afterwards the containers of the services it
+    created and every local server of this test are removed; nothing else is touched (other
+    test sessions share the machine's container storage)."""
+    locations = Locations.default()
+    settings = Settings()
+    manager = ServiceManager(
+        Engine(settings, url=podman_env.url, locations=locations),
+        settings=settings,
+        locations=locations,
+        port_base=harness.free_port(),
+        ready_timeout=120,
+    )
+    created: set[str] = set()
+    manager.subscribe(lambda event: created.add(event.service.id))
+    try:
+        yield manager
+    finally:
+        kill_local_servers(locations)
+        remove_services(podman_client, created)
+
+
+@pytest.fixture
+def corrupt_gguf(tmp_path: Path, smollm2_model: Path) -> Path:
+    """The first megabyte of a real GGUF: a valid header, then nothing (llama.cpp refuses it)."""
+    path = tmp_path / "corrupt.gguf"
+    with smollm2_model.open("rb") as source:
+        path.write_bytes(source.read(1_000_000))
+    return path

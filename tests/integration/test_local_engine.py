@@ -1,0 +1,156 @@
+"""The local engine: llama-cpp-python's server as a detached subprocess, through ServiceManager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from podlab.core.container_spec import ServiceOptions
+from podlab.core.engine import Engine
+from podlab.core.errors import PodlabError
+from podlab.core.local_server import LocalEngine
+from podlab.core.paths import Locations
+from podlab.core.services import ServiceManager, ServiceState
+from podlab.core.settings import Settings
+from tests import harness
+
+pytestmark = pytest.mark.integration
+
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    "temperature": 0,
+    "max_tokens": 32,
+    "seed": 1,
+}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return bool(cmdline)  # a zombie has an empty command line
+
+
+def restarted_manager() -> ServiceManager:
+    """A new manager with nothing in memory, as after an application restart; no Podman."""
+    return ServiceManager(Engine(url="unix:///nonexistent/podman.sock"), settings=Settings())
+
+
+async def test_local_serve_chat_stop_and_rediscovery(
+    service_manager: ServiceManager, smollm2_model: Path
+) -> None:
+    service = await service_manager.serve(
+        smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+    )
+    assert service.state == ServiceState.READY
+    assert service.engine == "local" and service.host == "127.0.0.1"
+    assert await service_manager.read_device(service) == "CPU"
+    assert service.pid is not None and pid_alive(service.pid)
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(
+            f"{service.api_url}/chat/completions", json={**CHAT, "model": service.model_ref}
+        )
+        assert "Paris" in response.json()["choices"][0]["message"]["content"]
+        models = (await client.get(f"{service.api_url}/models")).json()
+        assert models["data"][0]["id"] == service.model_ref
+
+    # The record says where it is; a new manager finds it alive and ready.
+    records = LocalEngine(Locations.default()).records()
+    assert [(r.id, r.pid, r.port) for r in records] == [(service.id, service.pid, service.port)]
+    again = restarted_manager()
+    (found,) = await again.list_services()
+    assert found.id == service.id and found.state == ServiceState.READY
+    assert found.pid == service.pid and found.device == "CPU"
+    assert again.engine_problem  # Podman is absent here: said, not fatal
+    lines = [line async for line in again.logs(found.id, tail=20)]
+    assert any("/v1/chat/completions" in line for line in lines)
+    stats = await again.stats(found)
+    assert stats["memory_bytes"] and stats["memory_bytes"] > 10 * 1024**2
+
+    # Stop from the new manager kills the process; the service is stopped, not exited.
+    pid = service.pid
+    await again.stop(found.id)
+    assert not pid_alive(pid)
+    (stopped,) = await restarted_manager().list_services()
+    assert stopped.state == ServiceState.STOPPED
+
+    await again.restart(found.id)
+    assert found.state == ServiceState.READY and found.pid != pid
+    await again.delete(found.id)
+    assert found.pid is not None and not pid_alive(found.pid)
+    assert LocalEngine(Locations.default()).records() == []
+    assert await restarted_manager().list_services() == []
+
+
+async def test_local_server_crash_shows_its_log_and_reads_as_exited(
+    service_manager: ServiceManager, corrupt_gguf: Path
+) -> None:
+    with pytest.raises(PodlabError, match="did not start: the server exited with code 1") as caught:
+        await service_manager.serve(corrupt_gguf, engine="local")
+    assert "Failed to load model from file" in caught.value.hint
+    (service,) = await restarted_manager().list_services()
+    assert service.state == ServiceState.EXITED  # died on its own, not stopped by Podlab
+
+
+async def test_killed_outside_podlab_reads_as_exited(
+    service_manager: ServiceManager, smollm2_model: Path
+) -> None:
+    service = await service_manager.serve(smollm2_model, engine="local")
+    assert service.pid is not None
+    os.kill(service.pid, 9)
+    # Until reaped it is a zombie of this process: no command line, so not alive either.
+    for _ in range(100):
+        if not pid_alive(service.pid):
+            break
+        await asyncio.sleep(0.05)
+    (found,) = await restarted_manager().list_services()
+    assert found.state == ServiceState.EXITED
+
+
+def test_local_serve_from_the_cli_outlives_the_cli(
+    smollm2_model: Path, isolated_user_dirs: dict[str, Path]
+) -> None:
+    """`podlab serve --engine local` returns once ready; the server keeps running."""
+    script = (
+        "import sys, podlab.cli as c; "
+        "c.COMMAND_MODULES = tuple(dict.fromkeys((*c.COMMAND_MODULES, 'serve'))); "
+        "sys.exit(c.main(sys.argv[1:]))"
+    )
+    env = dict(os.environ)
+    env["CONTAINER_HOST"] = "unix:///nonexistent/podman.sock"
+    port = str(harness.free_port())
+    done = subprocess.run(
+        [sys.executable, "-c", script, "serve", str(smollm2_model), "--engine", "local",
+         "--port", port, "--json"],
+        capture_output=True, text=True, env=env, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    served = json.loads(done.stdout)
+    pid = served["pid"]
+    try:
+        assert served["state"] == "ready" and served["port"] == int(port)
+        response = httpx.post(
+            f"{served['api_url']}/chat/completions", json={**CHAT, "model": served["model"]},
+            timeout=60,
+        )  # fmt: skip
+        assert "Paris" in response.json()["choices"][0]["message"]["content"]
+        stopped = subprocess.run(
+            [sys.executable, "-c", script, "services", "stop", served["id"]],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert stopped.returncode == 0, stopped.stderr
+        assert not pid_alive(pid)
+    finally:
+        if pid_alive(pid):
+            os.killpg(pid, 9)

@@ -1,0 +1,408 @@
+"""Inference services on real Podman through ServiceManager: SmolLM2 in Podlab's own image, the
+security settings Podman really applied, CDI passthrough, failures, ports, cleanup, rediscovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from podlab.core.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
+from podlab.core.engine import Engine
+from podlab.core.errors import PodlabError
+from podlab.core.gpu import GpuInfo, GpuReport, HostProbe, plan_passthrough, read_cdi_specs
+from podlab.core.services import InferenceService, ServiceEvent, ServiceManager, ServiceState
+from podlab.core.settings import Settings
+from tests import harness
+from tests.integration.conftest import remove_services
+
+pytestmark = pytest.mark.integration
+
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    "temperature": 0,
+    "max_tokens": 32,
+    "seed": 1,
+}
+
+
+def cheap_options(base_image: str, *command: str) -> ServiceOptions:
+    """A container from the base image through the same spec path (no model server)."""
+    return ServiceOptions(image=base_image, extra_args=list(command) or ["sleep", "infinity"])
+
+
+async def ask_capital(service: InferenceService) -> str:
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(
+            f"{service.api_url}/chat/completions", json={**CHAT, "model": service.model_ref}
+        )
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def fresh_manager(podman_env: harness.PodmanService) -> ServiceManager:
+    """A new manager, as after an application restart (nothing in memory)."""
+    return ServiceManager(Engine(url=podman_env.url), settings=Settings())
+
+
+async def test_serve_smollm2_in_podlabs_image_and_chat(
+    service_manager: ServiceManager,
+    model_server_image: str,
+    smollm2_model: Path,
+    podman_client: Any,
+    podman_env: harness.PodmanService,
+) -> None:
+    events: list[ServiceEvent] = []
+    service_manager.subscribe(events.append)
+    started = time.monotonic()
+    service = await service_manager.serve(
+        smollm2_model, options=ServiceOptions(image=model_server_image, ctx_size=2048)
+    )
+    print(f"serve -> ready in {time.monotonic() - started:.2f} s")
+    assert service.state == ServiceState.READY
+    assert service.engine == "podman" and service.server_kind == "llama-cpp-python"
+    assert service.host == "127.0.0.1"
+    assert service.device == "CPU"  # gpu.parse_offload on the server's log
+    assert await service_manager.read_device(service) == "CPU"
+    assert service.offload is not None and service.offload.offloaded_layers == 0
+    states = [e.state for e in events if e.kind == "changed"]
+    assert ServiceState.STARTING in states and states[-1] == ServiceState.READY
+    assert "Paris" in await ask_capital(service)
+
+    # What Podman really applied, not just what was asked for.
+    container = podman_client.containers.get(service.container_id)
+    attrs = container.attrs
+    host_config = attrs["HostConfig"]
+    assert host_config["PortBindings"]["8000/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": str(service.port)}
+    ]
+    assert "no-new-privileges" in host_config["SecurityOpt"]
+    assert "label=disable" not in host_config["SecurityOpt"]
+    assert not host_config.get("CapAdd")
+    assert not attrs.get("EffectiveCaps")  # cap_drop ALL: nothing left
+    assert host_config["Init"] is True
+    assert not host_config.get("Privileged")
+    (mount,) = [m for m in attrs["Mounts"] if m["Destination"].startswith("/models/")]
+    assert mount["RW"] is False
+    assert mount["Source"] == str(smollm2_model)
+    labels = attrs["Config"]["Labels"]
+    assert labels[LABEL_MANAGED] == "true"
+    assert labels[LABEL_SERVICE_ID] == service.id
+    assert labels["podlab.api-url"] == service.api_url
+    assert attrs["Config"]["User"] == "1001"
+
+    # Rediscovered after an "app restart", ready, with the device read again.
+    again = fresh_manager(podman_env)
+    found = {s.id: s for s in await again.list_services()}
+    assert found[service.id].state == ServiceState.READY
+    assert found[service.id].device == "CPU"
+    assert found[service.id].api_url == service.api_url
+
+    lines = [line async for line in service_manager.logs(service, tail=50)]
+    assert any("/v1/chat/completions" in line for line in lines)
+    stats = await service_manager.stats(service)
+    assert stats["memory_bytes"] and stats["memory_bytes"] > 10 * 1024**2
+
+    await service_manager.stop(service)
+    assert service.state == ServiceState.STOPPED
+    assert (await fresh_manager(podman_env).get(service.id)).state == ServiceState.STOPPED
+    await service_manager.restart(service)
+    assert service.state == ServiceState.READY
+    assert "Paris" in await ask_capital(service)
+    await service_manager.delete(service)
+    assert not podman_client.containers.exists(service.container_id)
+
+
+async def test_follow_logs_streams_new_lines(
+    service_manager: ServiceManager, base_image: str, smollm2_model: Path
+) -> None:
+    script = "for i in 1 2 3; do echo podlab-line-$i; sleep 0.3; done"
+    service = await service_manager.create(
+        smollm2_model,
+        options=cheap_options(base_image, "sh", "-c", script),
+        server_kind="llama-cpp-python",
+    )
+    await service_manager.start(service, wait=False)
+    lines = []
+    async with asyncio.timeout(30):
+        async for line in service_manager.logs(service, follow=True):
+            lines.append(line)
+    assert lines == ["podlab-line-1", "podlab-line-2", "podlab-line-3"]
+    listed = {s.id: s for s in await service_manager.list_services()}
+    assert listed[service.id] is service and service.state == ServiceState.STOPPED  # exit 0
+
+
+@pytest.fixture
+def test_cdi_spec() -> Iterator[str]:
+    """A CDI spec of kind nvidia.com/gpu whose device "all" only sets an env var."""
+    folder = Path("/etc/cdi")
+    created_folder = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"podlab-test-{uuid.uuid4().hex[:8]}.json"
+    spec = {
+        "cdiVersion": "0.5.0",
+        "kind": "nvidia.com/gpu",
+        "devices": [{"name": "all", "containerEdits": {"env": ["PODLAB_CDI_PROOF=1"]}}],
+    }
+    path.write_text(json.dumps(spec))
+    try:
+        yield str(path)
+    finally:
+        path.unlink(missing_ok=True)
+        if created_folder:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+async def test_nvidia_cdi_passthrough_reaches_the_container(
+    service_manager: ServiceManager,
+    base_image: str,
+    smollm2_model: Path,
+    test_cdi_spec: str,
+    podman_client: Any,
+) -> None:
+    files, devices, diagnoses = read_cdi_specs(HostProbe())
+    assert any(f.path == test_cdi_spec for f in files), diagnoses
+    report = GpuReport(gpus=[GpuInfo("nvidia", 0, "Fake NVIDIA GPU")], cdi_devices=devices)
+    plan = plan_passthrough(report, "auto")
+    assert plan.diagnosis.level == "ok", plan.diagnosis.message
+    assert plan.passthrough.devices == ["nvidia.com/gpu=all"]
+    service = await service_manager.create(
+        smollm2_model,
+        options=cheap_options(base_image, "sh", "-c", "echo PODLAB_CDI_PROOF=$PODLAB_CDI_PROOF"),
+        server_kind="llama-cpp-python",
+        plan=plan,
+    )
+    assert service.spec is not None and service.spec.devices == ["nvidia.com/gpu=all"]
+    assert service.gpu_vendor == "nvidia"
+    await service_manager.start(service, wait=False)
+    container = podman_client.containers.get(service.container_id)
+    assert container.wait(timeout=30) == 0
+    lines = [line async for line in service_manager.logs(service)]
+    assert lines == ["PODLAB_CDI_PROOF=1"]
+    await service_manager.delete(service)
+
+
+async def test_gpu_present_but_not_passable_refuses_to_fall_back_silently(
+    service_manager: ServiceManager, base_image: str, smollm2_model: Path
+) -> None:
+    report = GpuReport(gpus=[GpuInfo("nvidia", 0, "NVIDIA H100")])  # no CDI spec
+    plan = plan_passthrough(report, "auto")
+    with pytest.raises(PodlabError, match="CDI") as caught:
+        await service_manager.create(smollm2_model, options=cheap_options(base_image), plan=plan)
+    assert "--gpu none" in caught.value.hint
+    service = await service_manager.create(
+        smollm2_model, options=cheap_options(base_image), plan=plan, allow_cpu=True,
+        server_kind="llama-cpp-python",
+    )  # fmt: skip
+    assert service.gpu_vendor == "none" and service.spec is not None
+    assert service.spec.devices == []
+
+
+async def test_a_crashing_server_shows_its_log_tail(
+    service_manager: ServiceManager, model_server_image: str, corrupt_gguf: Path
+) -> None:
+    with pytest.raises(PodlabError, match="did not start: the server exited with code") as caught:
+        await service_manager.serve(corrupt_gguf, options=ServiceOptions(image=model_server_image))
+    assert "Failed to load model from file: /models/corrupt.gguf" in caught.value.hint
+    (service,) = service_manager.known()
+    assert service.state == ServiceState.FAILED
+    assert service.error.startswith(service.name)
+
+
+async def test_a_taken_port_is_avoided(
+    service_manager: ServiceManager, base_image: str, smollm2_model: Path
+) -> None:
+    base = service_manager.port_base
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", base))
+        taken.listen()
+        first = await service_manager.create(
+            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+        )
+        assert first.port != base
+        second = await service_manager.create(
+            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+        )
+        assert second.port not in (base, first.port)  # a stopped service keeps its port
+        # The reservation survives an app restart: the next manager reads it from the labels.
+        restarted = ServiceManager(service_manager.engine, settings=Settings(), port_base=base)
+        third = await restarted.create(
+            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+        )
+        assert third.port not in (base, first.port, second.port)
+        await restarted.delete(third)
+        with pytest.raises(PodlabError, match=f"port {base} on 127.0.0.1 is already in use"):
+            await service_manager.create(
+                smollm2_model,
+                options=ServiceOptions(image=base_image, port=base),
+                server_kind="llama-cpp-python",
+            )
+
+
+def _volumes(client: Any) -> set[str]:
+    return {v.name for v in client.volumes.list()}
+
+
+@pytest.mark.timeout(600)
+async def test_fifty_cycles_leave_nothing_behind(
+    service_manager: ServiceManager, base_image: str, smollm2_model: Path, podman_client: Any
+) -> None:
+    """50 x create/start/stop/delete through ServiceManager and the model-server spec path,
+    with `sleep infinity` from the base image as the server (a model server would make this
+    test take many minutes without testing anything more of Podlab's code)."""
+    volumes_before = _volumes(podman_client)
+    ids: set[str] = set()
+    containers: set[str] = set()
+    started = time.monotonic()
+    for _ in range(50):
+        service = await service_manager.create(
+            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+        )
+        ids.add(service.id)
+        containers.add(str(service.container_id))
+        await service_manager.start(service, wait=False)
+        state = await service_manager.engine.container_state(str(service.container_id))
+        assert state is not None and state["Running"]
+        await service_manager.stop(service, grace=5)
+        await service_manager.delete(service)
+    print(f"50 cycles in {time.monotonic() - started:.1f} s")
+    assert len(ids) == len(containers) == 50
+    # Container storage is shared with other sessions: look for what these cycles made.
+    leftovers = [c for c in containers if podman_client.containers.exists(c)]
+    assert leftovers == []
+    for service_id in ids:
+        label = f"podlab.service.id={service_id}"
+        assert podman_client.containers.list(all=True, filters={"label": label}) == []
+        assert podman_client.pods.list(filters={"label": label}) == []
+    assert _volumes(podman_client) <= volumes_before  # no anonymous volume left
+    assert service_manager.known() == []
+    assert not ids & {s.id for s in await service_manager.list_services()}
+
+
+async def test_rediscovery_by_labels_and_foreign_containers_untouched(
+    service_manager: ServiceManager,
+    base_image: str,
+    smollm2_model: Path,
+    podman_client: Any,
+    podman_env: harness.PodmanService,
+) -> None:
+    foreign = podman_client.containers.run(
+        base_image, ["sleep", "infinity"], labels={"app": "not-podlab"}, detach=True, init=True
+    )
+    half = podman_client.containers.run(  # claims to be managed but has no service id
+        base_image, ["sleep", "infinity"], labels={LABEL_MANAGED: "true"}, detach=True, init=True
+    )
+    try:
+        ours = await service_manager.create(
+            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+        )
+        await service_manager.start(ours, wait=False)
+        restarted = fresh_manager(podman_env)
+        listed = {s.id: s for s in await restarted.list_services()}
+        # Other test sessions may run Podlab containers of their own at the same time.
+        assert ours.id in listed
+        assert not {foreign.id, half.id} & {s.container_id for s in listed.values()}
+        found = listed[ours.id]
+        assert found.state == ServiceState.STARTING  # running, but sleep answers no HTTP
+        assert found.port == ours.port and found.model_ref == ours.model_ref
+        assert found.container_id == ours.container_id
+        for ref in (foreign.id, foreign.name, half.id[:12], half.name):
+            with pytest.raises(PodlabError, match="no Podlab service"):
+                await restarted.get(ref)
+        await restarted.delete(found.id)
+        assert not podman_client.containers.exists(ours.container_id)
+        for other in (foreign, half):
+            other.reload()
+            assert other.status == "running"
+    finally:
+        foreign.remove(force=True)
+        half.remove(force=True)
+
+
+def test_serve_dry_run_prints_the_exact_create_kwargs(
+    podman_env: harness.PodmanService,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    smollm2_model: Path,
+    podman_client: Any,
+) -> None:
+    import podlab.cli as cli
+
+    with_serve = tuple(dict.fromkeys((*cli.COMMAND_MODULES, "serve")))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", with_serve)
+    code = cli.main(
+        ["serve", str(smollm2_model), "--engine", "podman", "--ctx", "2048", "--dry-run", "--json"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    kwargs = json.loads(out)
+    ((host_ip, host_port),) = kwargs["ports"].values()
+    assert list(kwargs["ports"]) == ["8000/tcp"] and host_ip == "127.0.0.1" and host_port > 0
+    assert kwargs["cap_drop"] == ["ALL"]
+    assert kwargs["no_new_privileges"] is True
+    assert kwargs["init"] is True
+    assert kwargs["mounts"][0]["read_only"] is True
+    assert kwargs["environment"]["CTX_SIZE"] == "2048"
+    assert kwargs["entrypoint"] == ["llama-server"]
+    assert kwargs["image"].startswith("quay.io/ramalama/ramalama-llama-server@sha256:")
+    assert kwargs["labels"][LABEL_MANAGED] == "true"
+    label = f"{LABEL_SERVICE_ID}={kwargs['labels'][LABEL_SERVICE_ID]}"
+    assert podman_client.containers.list(all=True, filters={"label": label}) == []
+
+
+def test_services_cli_round_trip(
+    podman_env: harness.PodmanService,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model_server_image: str,
+    smollm2_model: Path,
+    podman_client: Any,
+) -> None:
+    import podlab.cli as cli
+
+    with_serve = tuple(dict.fromkeys((*cli.COMMAND_MODULES, "serve")))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", with_serve)
+    served: dict[str, Any] = {}
+    try:
+        port = str(harness.free_port())  # not 35000: other sessions may serve there now
+        code = cli.main(
+            ["serve", str(smollm2_model), "--image", model_server_image, "--port", port, "--json"]
+        )
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        served = json.loads(captured.out)
+        assert code == 0 and served["state"] == "ready" and served["device"] == "CPU"
+        assert set(served["snippets"]) == {"curl", "python-openai", "python-httpx", "javascript"}
+        response = httpx.post(
+            f"{served['api_url']}/chat/completions", json={**CHAT, "model": served["model"]},
+            timeout=60,
+        )  # fmt: skip
+        assert "Paris" in response.json()["choices"][0]["message"]["content"]
+        assert cli.main(["services", "list", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert served["id"] in [s["id"] for s in listed]
+        assert cli.main(["services", "logs", served["id"][:4], "--tail", "5"]) == 0
+        assert "HTTP/1.1" in capsys.readouterr().out
+        assert cli.main(["services", "stop", served["id"]]) == 0
+        assert cli.main(["services", "rm", served["id"]]) == 0
+        capsys.readouterr()
+        assert cli.main(["services", "rm", served["id"]]) == 1
+        assert "no Podlab service" in capsys.readouterr().err
+    finally:
+        if served:
+            remove_services(podman_client, {served["id"]})
