@@ -101,4 +101,7 @@ def qloop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
     for task in asyncio.all_tasks(loop):
         task.cancel()
     executor.shutdown(wait=True)
+    # already_running=True told asyncio this loop runs on this thread; take that back, or every
+    # later asyncio test (pytest-asyncio's runner) refuses to start "from a running event loop".
+    asyncio.events._set_running_loop(None)
     asyncio.set_event_loop(None)

@@ -1,0 +1,52 @@
+"""The built wheel carries resources/ and recipes/ and Podlab runs from it, not the checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+         str(REPO), "-w", str(tmp_path / "dist")],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    [wheel] = list((tmp_path / "dist").glob("podlab-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "podlab/resources/catalog.yaml" in names
+    assert "podlab/resources/icons/podlab.svg" in names
+    assert "podlab/recipes/model_servers/llamacpp_python/Containerfile" in names
+    assert not any(name.startswith(("tests/", "app/")) for name in names)
+
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    code = (
+        "import json, podlab\n"
+        "from podlab.core.catalog import load_catalog\n"
+        "from podlab.core.resources import recipe_file\n"
+        "load = load_catalog(include_user_dir=False)\n"
+        "cf = recipe_file('model_servers/llamacpp_python/Containerfile')\n"
+        "print(json.dumps({'file': podlab.__file__, 'models': len(load.catalog.models),\n"
+        "  'errors': len(load.errors),\n"
+        "  'containerfile': cf.is_file()}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(unpacked))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["file"].startswith(str(unpacked))
+    assert facts["models"] >= 25 and facts["errors"] == 0
+    assert facts["containerfile"] is True
