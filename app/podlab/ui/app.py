@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ from podlab import __version__
 
 if TYPE_CHECKING:
     import asyncio
+
+    from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
     from podlab.ui.main_window import MainWindow
@@ -84,6 +87,7 @@ def run_gui(argv: list[str]) -> int:
 
     from podlab.ui.engine_status import watch_engine
 
+    _quit_on_signals(app)
     with loop:
         quit_event = asyncio.Event()
         app.aboutToQuit.connect(quit_event.set)
@@ -92,6 +96,19 @@ def run_gui(argv: list[str]) -> int:
         watcher.cancel()
         loop.run_until_complete(_shutdown(lab, watcher))
     return 0
+
+
+def _quit_on_signals(app: QApplication) -> None:
+    """Ctrl+C in the terminal and SIGTERM quit cleanly, through the same path as closing."""
+    from PySide6.QtCore import QTimer
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: app.quit())
+    # Python runs signal handlers only between bytecodes; a slow no-op tick gives it the chance
+    # while Qt waits for events.
+    tick = QTimer(app)
+    tick.timeout.connect(lambda: None)
+    tick.start(250)
 
 
 async def _shutdown(lab: Lab, watcher: asyncio.Task[None]) -> None:
