@@ -8,6 +8,7 @@ and the downloader always verifies TLS).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from podlab.core.gpu import GIB
 from podlab.core.hardware import HostFacts
 from podlab.core.lab import Lab
 from podlab.core.modelinfo import ModelInfo, ModelVariant
+from podlab.core.services import InferenceService, ServiceEvent, ServiceState
 from podlab.core.tasks import TaskState
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.main_window import MainWindow
@@ -34,6 +36,9 @@ from podlab.ui.models.catalog_model import (
 )
 from podlab.ui.pages.catalog import CatalogPage
 from podlab.ui.pages.models import ModelsPage
+from podlab.ui.pages.playground import PlaygroundPage
+from podlab.ui.pages.services import NewServiceDialog, ServicesPage
+from podlab.ui.service_bridge import MessageDialog, service_bridge_for
 from tests.httpfaults import (
     FaultServer,
     make_self_signed_cert,
@@ -450,13 +455,26 @@ def test_download_from_the_page_runs_as_a_task_and_lands_on_the_models_page(
     page.downloaded_check.setChecked(True)
     assert [m.id for m in shown_models(page)] == ["tiny"]
 
+    # Serve: the Services page's New service dialog with the downloaded file chosen.
+    tiny_path = page.source.stored("tiny:Q8_0").path
     with qtbot.waitSignal(page.sig_serve_requested, timeout=2000) as served:
         qtbot.mouseClick(details.serve_button, Qt.MouseButton.LeftButton)
     assert served.args == ["tiny", "tiny:Q8_0"]
-    with qtbot.waitSignal(page.sig_open_in_playground, timeout=2000) as opened:
+    services = win.page("services")
+    assert isinstance(services, ServicesPage)
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, NewServiceDialog), timeout=20000)
+    assert services.active_dialog.model_combo.currentData() == str(tiny_path)
+    services.active_dialog.reject()
+    qtbot.waitUntil(lambda: services.active_dialog is None)
+    assert win.current_page_key() == "catalog"
+    # Open in Playground: no service runs it, so it offers to serve it first; declined.
+    with qtbot.assertNotEmitted(page.sig_open_in_playground):
         qtbot.mouseClick(details.playground_button, Qt.MouseButton.LeftButton)
-    assert opened.args == ["tiny", "tiny:Q8_0"]
-    assert win.current_page_key() == "playground"
+        qtbot.waitUntil(lambda: isinstance(services.active_dialog, MessageDialog), timeout=20000)
+        services.active_dialog.reject_button.click()
+        qtbot.waitUntil(lambda: services.active_dialog is None)
+    assert win.current_page_key() == "catalog"
+    assert [t for t in win.lab.tasks.tasks if t.kind == "service"] == []
 
     # The Models page lists the file, ready.
     models = win.show_page("models")
@@ -481,6 +499,7 @@ def test_download_from_the_page_runs_as_a_task_and_lands_on_the_models_page(
     close_bridge(win, qtbot)
 
 
+@OFFSCREEN_DIALOG
 def test_a_cancelled_download_is_partial_never_servable_and_resumes(
     qtbot, qloop, isolated_user_dirs: dict[str, Path], https_server: FaultServer
 ) -> None:  # type: ignore[no-untyped-def]
@@ -525,7 +544,25 @@ def test_a_cancelled_download_is_partial_never_servable_and_resumes(
     assert models.facts["state"].text().startswith("Partial")
     assert "%" in models.facts["state"].text()
     assert not models.serve_button.isEnabled()
+    assert not models.playground_button.isEnabled()
     assert models.resume_button.isEnabled()
+
+    # Nor through the New service dialog: the unfinished file is refused there.
+    partial_file = models.current_entry().path.with_name("half-Q8_0.gguf.partial")
+    assert partial_file.is_file()
+    services = win.page("services")
+    assert isinstance(services, ServicesPage)
+    asked = asyncio.ensure_future(services.new_service(partial_file))
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, NewServiceDialog), timeout=20000)
+    dialog = services.active_dialog
+    assert dialog.path_edit.text() == str(partial_file)
+    dialog.start_button.click()
+    assert "unfinished download" in dialog.problem.text()
+    assert dialog.isVisible()
+    dialog.reject()
+    qtbot.waitUntil(asked.done, timeout=10000)
+    assert asked.result() is None
+    assert [t for t in win.lab.tasks.tasks if t.kind == "service"] == []
 
     qtbot.mouseClick(models.resume_button, Qt.MouseButton.LeftButton)
     resumed = win.lab.tasks.tasks[-1]
@@ -538,3 +575,99 @@ def test_a_cancelled_download_is_partial_never_servable_and_resumes(
     assert models.serve_button.isEnabled()
     qtbot.waitUntil(lambda: page.source.is_ready("half:Q8_0"), timeout=10000)
     close_bridge(win, qtbot)
+
+
+@OFFSCREEN_DIALOG
+def test_a_downloaded_smollm2_is_served_from_the_catalog_and_opened_in_the_playground(
+    qtbot,
+    qloop,
+    isolated_user_dirs: dict[str, Path],
+    https_server: FaultServer,
+    smollm2_model: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    """The real SmolLM2 file, downloaded through the page; Serve starts a real local service
+    (the Services page shows it selected); Open in Playground then selects it there."""
+    https_server.serve("/files/smol-Q4_1.gguf", smollm2_model)
+    size = smollm2_model.stat().st_size
+    write_user_catalog(
+        isolated_user_dirs["config"],
+        "version: 1\nmodels:\n"
+        + user_model_yaml(
+            "smol",
+            url=https_server.url("/files/smol-Q4_1.gguf"),
+            sha256=sha256_of(smollm2_model),
+            size=size,
+        )
+        .replace("smol:Q8_0", "smol:Q4_1")
+        .replace("Q8_0", "Q4_1"),
+    )
+    win = MainWindow(Lab.open())
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    bridge = service_bridge_for(win.lab)
+    created: list[InferenceService] = []
+
+    def remember(event: ServiceEvent) -> None:
+        if event.kind == "added" and event.detail == "creating":
+            created.append(event.service)
+
+    bridge.sig_service_event.connect(remember)
+    try:
+        page = open_catalog(win, qtbot)
+        assert page.select_model("smol")
+        details = page.details
+        qtbot.mouseClick(details.download_button, Qt.MouseButton.LeftButton)
+        download = win.lab.tasks.tasks[-1]
+        qtbot.waitUntil(lambda: download.state.finished, timeout=60000)
+        assert download.state is TaskState.DONE, download.error
+        qtbot.waitUntil(lambda: page.source.is_ready("smol:Q4_1"), timeout=10000)
+        entry = page.source.stored("smol:Q4_1")
+        assert entry is not None and entry.path.stat().st_size == size
+
+        # Serve: the New service dialog with the file chosen, the local engine; then the
+        # Services page with the new service selected, ready.
+        qtbot.mouseClick(details.serve_button, Qt.MouseButton.LeftButton)
+        services = win.page("services")
+        assert isinstance(services, ServicesPage)
+        qtbot.waitUntil(lambda: isinstance(services.active_dialog, NewServiceDialog), timeout=20000)
+        dialog = services.active_dialog
+        assert dialog.model_combo.currentData() == str(entry.path)
+        dialog.set_choice(dialog.engine_combo, "local")
+        dialog.ctx_spin.setValue(2048)
+        dialog.threads_spin.setValue(2)
+        dialog.start_button.click()
+        qtbot.waitUntil(lambda: win.current_page_key() == "services", timeout=20000)
+        task = services.last_task
+        assert task is not None and task.kind == "service"
+        qtbot.waitUntil(lambda: task.state.finished, timeout=180_000)
+        assert task.state is TaskState.DONE, f"{task.error}\n" + "\n".join(task.log)
+        service = services.selected()
+        assert service is not None and service.state is ServiceState.READY
+        assert service.model_file == str(entry.path)
+
+        # Open in Playground from the catalog: that service, selected, nothing asked.
+        win.show_page("catalog")
+        with qtbot.waitSignal(page.sig_open_in_playground, timeout=20000) as opened:
+            qtbot.mouseClick(details.playground_button, Qt.MouseButton.LeftButton)
+        assert opened.args == ["smol", "smol:Q4_1"]
+        assert win.current_page_key() == "playground"
+        playground = win.page("playground")
+        assert isinstance(playground, PlaygroundPage)
+        qtbot.waitUntil(
+            lambda: playground.picker.service_combo.currentData() == service.id, timeout=20000
+        )
+        assert services.active_dialog is None
+    finally:
+        bridge.sig_service_event.disconnect(remember)
+
+        async def remove_created() -> None:
+            for service in created:
+                with contextlib.suppress(Exception):
+                    await bridge.manager.stop(service)
+                with contextlib.suppress(Exception):
+                    await bridge.manager.delete(service)
+
+        cleanup = asyncio.ensure_future(remove_created())
+        qtbot.waitUntil(cleanup.done, timeout=60000)
+        close_bridge(win, qtbot)

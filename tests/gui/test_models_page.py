@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -13,9 +14,14 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog, QLineEdit, QMessageBox
 
 from podlab.core.lab import Lab
+from podlab.core.services import InferenceService, ServiceEvent, ServiceState
+from podlab.core.tasks import TaskState
 from podlab.ui.main_window import MainWindow
 from podlab.ui.models.store_model import COL_SOURCE
 from podlab.ui.pages.models import ModelsPage
+from podlab.ui.pages.playground import PlaygroundPage
+from podlab.ui.pages.services import NewServiceDialog, ServicesPage
+from podlab.ui.service_bridge import MessageDialog, service_bridge_for
 
 pytestmark = pytest.mark.gui
 
@@ -41,12 +47,32 @@ def no_foreign_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
 
 
 @pytest.fixture
-def window(qtbot, qloop, no_foreign_stores) -> MainWindow:  # type: ignore[no-untyped-def]
+def window(qtbot, qloop, no_foreign_stores):  # type: ignore[no-untyped-def]
     win = MainWindow(Lab.open())
     qtbot.addWidget(win)
     win.resize(1280, 800)
     win.show()
-    return win
+    bridge = service_bridge_for(win.lab)
+    created: list[InferenceService] = []
+
+    def remember(event: ServiceEvent) -> None:
+        if event.kind == "added" and event.detail == "creating":
+            created.append(event.service)
+
+    bridge.sig_service_event.connect(remember)
+    yield win
+    bridge.sig_service_event.disconnect(remember)
+
+    # Stop and delete the services this test started (local servers are detached processes).
+    async def remove_created() -> None:
+        for service in created:
+            with contextlib.suppress(Exception):
+                await bridge.manager.stop(service)
+            with contextlib.suppress(Exception):
+                await bridge.manager.delete(service)
+
+    task = asyncio.ensure_future(remove_created())
+    qtbot.waitUntil(task.done, timeout=60000)
 
 
 def open_models(window: MainWindow, qtbot) -> ModelsPage:  # type: ignore[no-untyped-def]
@@ -110,9 +136,21 @@ def test_import_real_gguf_shows_metadata_and_remove_keeps_the_file(
     assert not page.resume_button.isEnabled()
     assert "imported and other tools' models: 93.8 MiB" in page.disk_label.text()
 
+    # Serve opens the Services page's New service dialog with this model chosen.
     with qtbot.waitSignal(page.sig_serve_requested, timeout=2000) as served:
         qtbot.mouseClick(page.serve_button, Qt.MouseButton.LeftButton)
     assert served.args == [entry.id]
+    services = window.page("services")
+    assert isinstance(services, ServicesPage)
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, NewServiceDialog), timeout=20000)
+    new_dialog = services.active_dialog
+    assert isinstance(new_dialog, NewServiceDialog)
+    assert new_dialog.model_combo.currentData() == str(entry.path)
+    assert new_dialog.path_edit.text() == str(entry.path)
+    new_dialog.reject()  # cancelled: nothing starts, the window stays here
+    qtbot.waitUntil(lambda: services.active_dialog is None)
+    assert window.current_page_key() == "models"
+    assert [t for t in window.lab.tasks.tasks if t.kind == "service"] == []
 
     # Remove: the confirmation says the user's file is not deleted, and it is not.
     qtbot.mouseClick(page.remove_button, Qt.MouseButton.LeftButton)
@@ -197,3 +235,101 @@ def test_models_of_other_tools_are_listed_read_only(
     assert page.proxy.rowCount() == 1
     page.search.setText("")
     assert page.proxy.rowCount() == 2
+
+
+# -- serving from the Models page: a real local llama-cpp-python service of SmolLM2 ---------------
+
+START_TIMEOUT_MS = 180_000
+
+
+def fill_local(dialog: NewServiceDialog) -> None:
+    """The New service dialog as a user fills it here: the local engine, a small context."""
+    dialog.set_choice(dialog.engine_combo, "local")
+    dialog.ctx_spin.setValue(2048)
+    dialog.threads_spin.setValue(2)
+
+
+def playground_service(window: MainWindow) -> str | None:
+    playground = window.page("playground")
+    assert isinstance(playground, PlaygroundPage)
+    return playground.picker.service_combo.currentData() or None
+
+
+@OFFSCREEN_DIALOG
+def test_serve_starts_a_real_service_shown_selected_and_open_in_playground_uses_it(
+    window: MainWindow, qtbot, smollm2_model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    page = open_models(window, qtbot)
+    entry = run(qtbot, page.import_path(smollm2_model))
+    assert entry is not None and page.serve_button.isEnabled()
+    assert page.playground_button.isEnabled()
+
+    qtbot.mouseClick(page.serve_button, Qt.MouseButton.LeftButton)
+    services = window.page("services")
+    assert isinstance(services, ServicesPage)
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, NewServiceDialog), timeout=20000)
+    dialog = services.active_dialog
+    assert isinstance(dialog, NewServiceDialog)
+    assert dialog.model_combo.currentData() == str(entry.path)  # the same dialog, pre-filled
+    fill_local(dialog)
+    dialog.start_button.click()
+
+    # The window shows the Services page; the start is a task of the Tasks page.
+    qtbot.waitUntil(lambda: window.current_page_key() == "services", timeout=20000)
+    task = services.last_task
+    assert task is not None and task.kind == "service"
+    assert task in window.lab.tasks.tasks
+    qtbot.waitUntil(lambda: task.state.finished, timeout=START_TIMEOUT_MS)
+    assert task.state is TaskState.DONE, f"{task.error}\n" + "\n".join(task.log)
+    service = services.selected()
+    assert service is not None and service.state is ServiceState.READY
+    assert service.engine == "local" and service.model_file == str(entry.path)
+    assert services.details.service is service
+
+    # Open in Playground from the Models page: the Playground with that service selected.
+    window.show_page("models")
+    qtbot.mouseClick(page.playground_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.current_page_key() == "playground", timeout=20000)
+    qtbot.waitUntil(lambda: playground_service(window) == service.id, timeout=20000)
+    playground = window.page("playground")
+    assert isinstance(playground, PlaygroundPage)
+    assert playground.picker.endpoint().startswith(service.endpoint)
+    assert services.active_dialog is None  # nothing was asked: it was ready
+
+
+@OFFSCREEN_DIALOG
+def test_open_in_playground_without_a_service_offers_to_serve_and_selects_it_when_ready(
+    window: MainWindow, qtbot, smollm2_model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    page = open_models(window, qtbot)
+    entry = run(qtbot, page.import_path(smollm2_model))
+    assert entry is not None
+    services = window.page("services")
+    assert isinstance(services, ServicesPage)
+
+    # Declining the offer changes nothing.
+    qtbot.mouseClick(page.playground_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, MessageDialog), timeout=20000)
+    services.active_dialog.reject_button.click()
+    qtbot.waitUntil(lambda: services.active_dialog is None)
+    assert window.current_page_key() == "models"
+
+    # Accepting it: the New service dialog with the model, then the Playground.
+    qtbot.mouseClick(page.playground_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, MessageDialog), timeout=20000)
+    question = services.active_dialog
+    assert entry.name in question.text_label.text()
+    question.accept_button.click()
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, NewServiceDialog), timeout=20000)
+    dialog = services.active_dialog
+    assert dialog.model_combo.currentData() == str(entry.path)
+    fill_local(dialog)
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: window.current_page_key() == "playground", timeout=20000)
+    task = services.last_task
+    assert task is not None and task.kind == "service"
+    qtbot.waitUntil(lambda: task.state.finished, timeout=START_TIMEOUT_MS)
+    assert task.state is TaskState.DONE, f"{task.error}\n" + "\n".join(task.log)
+    service = services.selected()
+    assert service is not None and service.state is ServiceState.READY
+    qtbot.waitUntil(lambda: playground_service(window) == service.id, timeout=20000)

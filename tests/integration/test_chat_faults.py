@@ -660,3 +660,27 @@ def test_terminal_safe_escapes_control_characters() -> None:
 
     assert terminal_safe("a\x1b]0;x\x07b\tc\nd\re\x9b") == "a\\x1b]0;x\\x07b\tc\nd\\x0de\\x9b"
     assert terminal_safe("日本語 🙂") == "日本語 🙂"
+
+
+async def test_https_is_always_verified_against_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared TLS context (core.http) trusts what SSL_CERT_FILE names, like httpx, and
+    refuses a certificate nobody vouches for; there is no unverified fallback."""
+    from tests.httpfaults import FaultServer as HttpsServer
+    from tests.httpfaults import make_self_signed_cert, server_ssl_context
+
+    cert, key = make_self_signed_cert(tmp_path / "tls")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with HttpsServer(ssl_context=server_ssl_context(cert, key)) as https:
+        https.serve("/v1/models", json.dumps({"data": [{"id": "tls-model"}]}).encode())
+        assert https.url("/v1").startswith("https://127.0.0.1:")
+
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # certifi: does not know this one
+        async with ChatClient(https.url("/v1")) as client:
+            with pytest.raises(PodlabError, match=r"(?i)certificate"):
+                await client.list_models()
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        async with ChatClient(https.url("/v1")) as client:
+            assert await client.list_models() == ["tls-model"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from podlab.core.paths import Locations
 from podlab.core.services import ServiceManager, ServiceState
 from podlab.core.settings import Settings
 from tests import harness
+from tests.integration.conftest import kill_local_servers
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +156,86 @@ def test_local_serve_from_the_cli_outlives_the_cli(
     finally:
         if pid_alive(pid):
             os.killpg(pid, 9)
+
+
+async def test_a_busy_or_briefly_stuck_ready_service_stays_ready(smollm2_model: Path) -> None:
+    """Refreshes of a READY llama-cpp-python service while it answers: the state does not
+    flicker to STARTING (it answers /v1/models only between generations) and a streamed
+    answer is not cut short (a request waiting for its model interrupts the stream). Only
+    `ready_misses` consecutive unanswered checks (a stopped process) leave READY; a process
+    that is gone does at once."""
+    locations = Locations.default()
+    manager = ServiceManager(
+        Engine(url="unix:///nonexistent/podman.sock"),
+        settings=Settings(),
+        locations=locations,
+        port_base=harness.free_port(),
+        probe_timeout=0.5,
+        ready_misses=3,
+    )
+    events: list[tuple[ServiceState, str]] = []
+    # End-of-text tokens banned: every answer runs to max_tokens (about 80 tokens/s here).
+    long_answer = {"prompt": "Once upon a time", "logit_bias": {"0": -100, "2": -100}}
+    try:
+        service = await manager.serve(
+            smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+        )
+        assert service.state == ServiceState.READY
+        manager.subscribe(lambda event: events.append((event.state, event.detail)))
+        url = f"{service.api_url}/completions"
+
+        async with httpx.AsyncClient(timeout=120) as client:
+            # A plain (not streamed) answer of several seconds: refreshes meanwhile.
+            answer = asyncio.ensure_future(
+                client.post(url, json={**long_answer, "max_tokens": 400})
+            )
+            await asyncio.sleep(0.5)
+            for _ in range(3):
+                assert await manager.list_services() == [service]
+                assert service.state == ServiceState.READY
+            assert not answer.done()  # the checks really ran while it was busy
+            assert (await answer).status_code == 200
+            assert events == []
+
+            # A streamed answer: refreshes meanwhile do not cut it short.
+            body = {**long_answer, "max_tokens": 120, "stream": True}
+            async with client.stream("POST", url, json=body) as stream:
+                chunks = 0
+                finish = None
+                async for line in stream.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    chunks += 1
+                    finish = json.loads(line[6:])["choices"][0].get("finish_reason") or finish
+                    if chunks in (5, 40):
+                        await manager.list_services()
+                        assert service.state == ServiceState.READY
+            assert finish == "length" and chunks >= 100
+            assert events == []
+
+        # A process that answers nothing (stopped): READY until the third check in a row.
+        assert service.pid is not None
+        os.kill(service.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                await manager.list_services()
+                assert service.state == ServiceState.READY
+            await manager.list_services()
+            assert service.state == ServiceState.STARTING
+            assert events == [(ServiceState.STARTING, "not answering (3 readiness checks missed)")]
+        finally:
+            os.kill(service.pid, signal.SIGCONT)
+        await manager.list_services()
+        assert service.state == ServiceState.READY
+        assert events[-1] == (ServiceState.READY, "ready")
+
+        # Gone: the state changes at the first listing, no misses needed.
+        os.killpg(service.pid, signal.SIGKILL)
+        for _ in range(100):
+            if not pid_alive(service.pid):
+                break
+            await asyncio.sleep(0.05)
+        await manager.list_services()
+        assert service.state == ServiceState.EXITED
+    finally:
+        kill_local_servers(locations)

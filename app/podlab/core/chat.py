@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import ipaddress
 import json
 import logging
-import ssl
 import time
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
@@ -39,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from podlab.core.errors import PodlabError
+from podlab.core.http import ssl_context_for
 from podlab.core.sse import SSEParser
 
 __all__ = [
@@ -365,12 +364,6 @@ def server_key(url: str) -> str:
     return normalize_base_url(url)
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default verifying context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR)."""
-    return httpx.create_ssl_context(verify=True)
-
-
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False
@@ -533,7 +526,9 @@ class ChatClient:
             timeout=httpx.Timeout(
                 connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=None
             ),
-            verify=_tls_context(),  # always verified; shared, as building one costs ~20 ms
+            # Always verified; the context is shared (building one costs 20-130 ms), and a
+            # plain http:// server gets one that loads no certificates (see core.http).
+            verify=ssl_context_for(self.base_url),
             trust_env=not _is_loopback(host),
             follow_redirects=False,
         )

@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeVar, cast
 import httpx
 
 from podlab.core.errors import PodlabError
+from podlab.core.http import plain_http_context, ssl_context_for
 from podlab.core.paths import Locations
 from podlab.core.settings import Settings
 
@@ -373,18 +374,18 @@ class Engine:
         url = url or self._status.url
         if not url:
             raise PodlabError("Podman is not connected", "run podlab doctor")
-        # Plain HTTP (a unix socket, or tcp://) has no TLS: verify=False spares the ~35 ms an
-        # SSL context costs per client.
+        # Shared TLS contexts (core.http): none is built per client, and a plain-HTTP one (a
+        # unix socket, tcp://) loads no certificates; verification is never turned off.
         path = _unix_path(url)
         if path is not None:
-            transport = httpx.AsyncHTTPTransport(uds=path, verify=False)
+            plain = plain_http_context()
+            transport = httpx.AsyncHTTPTransport(uds=path, verify=plain)
             return httpx.AsyncClient(
-                transport=transport, base_url="http://d", timeout=timeout, verify=False
+                transport=transport, base_url="http://d", timeout=timeout, verify=plain
             )
         base = _tcp_base(url)
         if base is not None:
-            plain = base.startswith("http://")
-            return httpx.AsyncClient(base_url=base, timeout=timeout, verify=not plain)
+            return httpx.AsyncClient(base_url=base, timeout=timeout, verify=ssl_context_for(base))
         raise PodlabError(
             f"streaming over {url.split(':', 1)[0]} connections is not supported",
             hint="use the Podman machine's local unix socket (podman machine inspect)",

@@ -74,6 +74,7 @@ from podlab.core.gpu import (
     parse_offload,
     plan_passthrough,
 )
+from podlab.core.http import ssl_context_for
 from podlab.core.local_server import LocalEngine, LocalRecord
 from podlab.core.paths import Locations
 from podlab.core.resources import recipe_file
@@ -85,6 +86,11 @@ DEFAULT_PORT_BASE = 35000
 """Podlab looks for free host ports upward from here (AI Lab does the same from its own base)."""
 READY_TIMEOUT = 180.0
 LOG_TAIL_LINES = 25
+PROBE_TIMEOUT = 2.0
+"""Seconds a readiness check of `list_services()` waits for an answer."""
+READY_MISSES = 3
+"""Consecutive unanswered readiness checks before a READY service whose container or process
+still runs reads as STARTING again (one slow answer under load is not a state change)."""
 
 
 class ServiceState(enum.Enum):
@@ -339,8 +345,8 @@ async def wait_ready(
     use_health = True
     limits = httpx.Limits(max_keepalive_connections=0)
     timeouts = httpx.Timeout(5.0, connect=1.0)
-    # Plain HTTP on this machine: no SSL context (it costs ~35 ms per client).
-    async with httpx.AsyncClient(timeout=timeouts, limits=limits, verify=False) as client:
+    verify = ssl_context_for(endpoint)  # shared; loads no certificates for http://
+    async with httpx.AsyncClient(timeout=timeouts, limits=limits, verify=verify) as client:
         while True:
             status = await probe_ready(client, endpoint, use_health)
             if status == 200:
@@ -455,6 +461,8 @@ class ServiceManager:
         gpu_probe: HostProbe | None = None,
         port_base: int = DEFAULT_PORT_BASE,
         ready_timeout: float = READY_TIMEOUT,
+        probe_timeout: float = PROBE_TIMEOUT,
+        ready_misses: int = READY_MISSES,
     ) -> None:
         self.settings = settings or Settings()
         self.locations = locations or Locations.default()
@@ -463,7 +471,11 @@ class ServiceManager:
         self.gpu_probe = gpu_probe
         self.port_base = port_base
         self.ready_timeout = ready_timeout
+        self.probe_timeout = probe_timeout
+        self.ready_misses = max(1, ready_misses)
         self._services: dict[str, InferenceService] = {}
+        self._misses: dict[str, int] = {}
+        """Consecutive unanswered readiness checks of READY services that still run."""
         self._listeners: list[ServiceListener] = []
         self._create_lock = asyncio.Lock()
         self._gpu_report: GpuReport | None = None
@@ -904,6 +916,7 @@ class ServiceManager:
             await self.engine.call(container.remove, force=True, v=True)
         self._services.pop(service.id, None)
         self._containers.pop(service.id, None)
+        self._misses.pop(service.id, None)
         self._emit("removed", service, "removed")
 
     # ----------------------------------------------------------------- finding services
@@ -926,6 +939,7 @@ class ServiceManager:
         for service in await self._local_services():
             found[service.id] = service
         for gone in set(self._services) - set(found):
+            self._misses.pop(gone, None)
             old = self._services.pop(gone)
             if old.state != ServiceState.CREATING:
                 self._emit("removed", old, "gone")
@@ -943,6 +957,22 @@ class ServiceManager:
         return sorted(self._services.values(), key=lambda s: s.created)
 
     def _merge(self, known: InferenceService, fresh: InferenceService) -> None:
+        """Take what a listing found into the known service, emitting "changed" if it did.
+
+        The listing's STARTING means "runs, but did not pass its check within
+        `probe_timeout`" (see `_probe`). For a READY service that is not a state change on its
+        own (a server under load can miss one): it stays READY until `ready_misses`
+        consecutive checks failed. A container or process that no longer runs, or was
+        replaced by another process, changes the state at once.
+        """
+        replaced = known.pid is not None and fresh.pid is not None and known.pid != fresh.pid
+        if fresh.state == ServiceState.READY or not fresh.state.running or replaced:
+            self._misses.pop(known.id, None)
+        elif known.state == ServiceState.READY:
+            misses = self._misses.get(known.id, 0) + 1
+            self._misses[known.id] = misses
+            if misses < self.ready_misses:
+                fresh.state = ServiceState.READY
         changed = known.state != fresh.state
         if known.state == ServiceState.FAILED and not fresh.state.running:
             fresh.state = ServiceState.FAILED
@@ -953,7 +983,10 @@ class ServiceManager:
         known.container_id = fresh.container_id or known.container_id
         known.pid = fresh.pid
         if changed:
-            self._emit("changed", known, known.state.value)
+            detail = known.state.value
+            if known.state == ServiceState.STARTING and self._misses.get(known.id):
+                detail = f"not answering ({self._misses[known.id]} readiness checks missed)"
+            self._emit("changed", known, detail)
 
     async def get(self, ref: str) -> InferenceService:
         """A service by id, name or unique id prefix (of Podlab's services only)."""
@@ -988,15 +1021,51 @@ class ServiceManager:
             service = self._service_from_container(container.attrs)
             if service is not None:
                 services.append(service)
-        running = [s for s in services if s.state == ServiceState.STARTING]
-        if running and probe:
-            limits = httpx.Limits(max_keepalive_connections=0)
-            timeout = httpx.Timeout(2.0, connect=0.5)
-            async with httpx.AsyncClient(timeout=timeout, limits=limits, verify=False) as http:
-                for service in running:
-                    if await self._answers(http, service):
-                        service.state = ServiceState.READY
+        if probe:
+            await self._probe(services)
         return services
+
+    async def _probe(self, services: list[InferenceService]) -> None:
+        """Check each running (STARTING) service of a listing, all at once; those that pass
+        become READY.
+
+        A service not known to be ready gets the readiness check (`/health`, else
+        `/v1/models`, answering 200). One this manager already knows as READY, in the same
+        container or process, only has to answer HTTP at all (`GET /health`: 200, or 404 from
+        a server without that route): llama-cpp-python answers `/v1/models` only between two
+        generations, and by default a request waiting for its model interrupts the answer it
+        is streaming, so a refresh must never ask a busy server for it.
+        """
+        running = [s for s in services if s.state == ServiceState.STARTING]
+        if not running:
+            return
+        limits = httpx.Limits(max_keepalive_connections=0)
+        timeout = httpx.Timeout(self.probe_timeout)
+        verify = ssl_context_for(running[0].endpoint)  # shared; none built for http://
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, verify=verify) as http:
+            checks = [
+                self._alive(http, s) if self._known_ready(s) else self._answers(http, s)
+                for s in running
+            ]
+            answers = await asyncio.gather(*checks)
+        for service, answered in zip(running, answers, strict=True):
+            if answered:
+                service.state = ServiceState.READY
+
+    def _known_ready(self, fresh: InferenceService) -> bool:
+        """This manager saw `fresh` READY, and it still runs in the same container/process."""
+        known = self._services.get(fresh.id)
+        return (
+            known is not None
+            and known.state == ServiceState.READY
+            and known.engine == fresh.engine
+            and (known.pid is None or fresh.pid is None or known.pid == fresh.pid)
+            and (
+                known.container_id is None
+                or fresh.container_id is None
+                or known.container_id == fresh.container_id
+            )
+        )
 
     @staticmethod
     async def _answers(http: httpx.AsyncClient, service: InferenceService) -> bool:
@@ -1004,6 +1073,14 @@ class ServiceManager:
             if await probe_ready(http, service.endpoint, use_health) == 200:
                 return True
         return False
+
+    @staticmethod
+    async def _alive(http: httpx.AsyncClient, service: InferenceService) -> bool:
+        """The server's HTTP side answers (without touching its model; see `_probe`): 200,
+        or a 404 (llama-cpp-python has no /health) or another client error; a 5xx (e.g.
+        llama.cpp's 503 while it loads a model) or no answer within `probe_timeout` is not."""
+        status = await probe_ready(http, service.endpoint, use_health=True)
+        return status is not None and status < 500
 
     def _service_from_container(self, attrs: Mapping[str, Any]) -> InferenceService | None:
         labels = attrs.get("Labels") or {}
@@ -1078,14 +1155,7 @@ class ServiceManager:
                 created=record.created,
             )
             services.append(service)
-        starting = [s for s in services if s.state == ServiceState.STARTING]
-        if starting:
-            limits = httpx.Limits(max_keepalive_connections=0)
-            timeout = httpx.Timeout(2.0)
-            async with httpx.AsyncClient(timeout=timeout, limits=limits, verify=False) as http:
-                for service in starting:
-                    if await self._answers(http, service):
-                        service.state = ServiceState.READY
+        await self._probe(services)
         return services
 
     def _record(self, service: InferenceService) -> LocalRecord:

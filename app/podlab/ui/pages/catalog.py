@@ -41,7 +41,8 @@ from podlab.core.errors import ConfigError, PodlabError
 from podlab.core.hardware import Fit, MemoryEstimate
 from podlab.core.lab import Lab
 from podlab.core.modelinfo import CAPABILITIES, ModelInfo, ModelVariant
-from podlab.core.store import PARTIAL, READY
+from podlab.core.store import PARTIAL, READY, StoredModel
+from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models.catalog_model import (
     COL_CONTEXT,
@@ -58,6 +59,7 @@ from podlab.ui.models.catalog_model import (
     fit_dot,
 )
 from podlab.ui.models.formatting import context_text, params_text, size_text
+from podlab.ui.pages.services import open_model_in_playground, serve_model
 from podlab.ui.service_bridge import exec_dialog
 from podlab.ui.widgets.model_card import ModelCardView
 
@@ -377,7 +379,8 @@ class CatalogPage(QWidget):
     """The catalog table with search and filters on the left, the details pane on the right."""
 
     sig_serve_requested = Signal(str, str)
-    """Emitted with (model id, variant id) when the user asks to serve a downloaded variant."""
+    """Emitted with (model id, variant id) when the user asks to serve a downloaded variant
+    (before the New service dialog opens)."""
 
     sig_open_in_playground = Signal(str, str)
     """Emitted with (model id, variant id) after the window switched to the Playground."""
@@ -724,25 +727,47 @@ class CatalogPage(QWidget):
         except PodlabError as exc:
             self._status(f"Cannot download {model.name}: {exc.message} {exc.hint}".strip(), 15000)
 
-    def _on_serve_clicked(self) -> None:
+    def _ready_entry(self) -> tuple[ModelInfo, ModelVariant, StoredModel] | None:
+        """The selected variant's file when it is downloaded and finished, else None (a
+        partial or running download is never offered to a server)."""
         selected = self._selected()
-        if selected is None or not self.source.is_ready(selected[1].id):
-            return
+        if selected is None:
+            return None
         model, variant = selected
-        self.sig_serve_requested.emit(model.id, variant.id)
-        self._status(
-            f"Serve {model.name} {variant.quantization or ''}: requested".replace("  ", " ")
-        )
+        entry = self.source.stored(variant.id)
+        if entry is None or not entry.usable or self.source.downloading(variant.id):
+            return None
+        return model, variant, entry
 
-    def _on_playground_clicked(self) -> None:
-        selected = self._selected()
-        if selected is None or not self.source.is_ready(selected[1].id):
-            return
-        model, variant = selected
-        show_page = getattr(self.main_window, "show_page", None)
-        if show_page is not None:
-            show_page("playground")
-        self.sig_open_in_playground.emit(model.id, variant.id)
+    @asyncSlot()
+    async def _on_serve_clicked(self) -> None:
+        await self.serve_selected()
+
+    async def serve_selected(self) -> Task | None:
+        """Serve the selected variant: the New service dialog with its file chosen, then the
+        Services page with the new service (its start is a task on the Tasks page)."""
+        found = self._ready_entry()
+        if found is None:
+            return None
+        model, variant, entry = found
+        self.sig_serve_requested.emit(model.id, variant.id)
+        return await serve_model(self.main_window, entry)
+
+    @asyncSlot()
+    async def _on_playground_clicked(self) -> None:
+        await self.open_selected_in_playground()
+
+    async def open_selected_in_playground(self) -> bool:
+        """The Playground with a ready service of the selected variant, or an offer to serve
+        it first; True when the window switched to the Playground."""
+        found = self._ready_entry()
+        if found is None:
+            return False
+        model, variant, entry = found
+        opened = await open_model_in_playground(self.main_window, entry)
+        if opened:
+            self.sig_open_in_playground.emit(model.id, variant.id)
+        return opened
 
     @asyncSlot()
     async def _on_delete_clicked(self) -> None:

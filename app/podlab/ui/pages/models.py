@@ -2,7 +2,9 @@
 files, and models found in RamaLama, Ollama and the Hugging Face cache (read-only).
 
 Everything goes through the shared DownloadBridge's ModelStore, read in a thread. Removing an
-imported model forgets it and never deletes the user's file; the confirmation says so.
+imported model forgets it and never deletes the user's file; the confirmation says so. Serve and
+Open in Playground go through the Services page (its New service dialog, its tasks); only a
+finished model is offered to a server.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from qasync import asyncSlot
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.store import PARTIAL, READY, DiskUsage, StoredModel
+from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models.formatting import context_text, params_text, size_text
 from podlab.ui.models.store_model import (
@@ -49,6 +52,7 @@ from podlab.ui.models.store_model import (
     StoreTableModel,
     source_text,
 )
+from podlab.ui.pages.services import open_model_in_playground, serve_model
 from podlab.ui.service_bridge import exec_dialog
 
 COLUMN_WIDTHS = {COL_NAME: 260, COL_SOURCE: 170, COL_QUANT: 100, COL_SIZE: 90, COL_STATE: 120}
@@ -117,7 +121,8 @@ class ModelsPage(QWidget):
     """The store's models in a table, actions above it, the selected model's facts below."""
 
     sig_serve_requested = Signal(str)
-    """Emitted with the store id of a ready model the user asks to serve."""
+    """Emitted with the store id of a ready model the user asks to serve (before the New
+    service dialog opens)."""
 
     sig_model_imported = Signal(str)
     """Emitted with the store id of a GGUF file the user imported."""
@@ -153,7 +158,13 @@ class ModelsPage(QWidget):
         self.folder_button = QPushButton("Open folder")
         self.folder_button.clicked.connect(self._on_open_folder_clicked)
         self.serve_button = QPushButton("Serve")
+        self.serve_button.setToolTip("Start an inference service with this model")
         self.serve_button.clicked.connect(self._on_serve_clicked)
+        self.playground_button = QPushButton("Open in Playground")
+        self.playground_button.setToolTip(
+            "Chat with this model (its running service, or serve it first)"
+        )
+        self.playground_button.clicked.connect(self._on_playground_clicked)
         self.notice = QLabel()
         self.notice.setWordWrap(True)
         self.notice.setTextFormat(Qt.TextFormat.PlainText)
@@ -210,6 +221,7 @@ class ModelsPage(QWidget):
             self.import_button,
             self.resume_button,
             self.serve_button,
+            self.playground_button,
             self.folder_button,
             self.remove_button,
         ):
@@ -333,7 +345,9 @@ class ModelsPage(QWidget):
         entry = self.current_entry()
         downloading = entry is not None and self.bridge.active_task(entry.id) is not None
         ready = entry is not None and entry.state == READY and not downloading
+        # Never offer an unfinished (or running) download to a server.
         self.serve_button.setEnabled(ready)
+        self.playground_button.setEnabled(ready)
         self.resume_button.setEnabled(
             entry is not None and entry.state == PARTIAL and not entry.read_only and not downloading
         )
@@ -456,12 +470,30 @@ class ModelsPage(QWidget):
         if entry is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(entry.path.parent)))
 
-    def _on_serve_clicked(self) -> None:
+    @asyncSlot()
+    async def _on_serve_clicked(self) -> None:
+        await self.serve_current()
+
+    async def serve_current(self) -> Task | None:
+        """Serve the selected model: the New service dialog with it chosen, then the Services
+        page with the new service (its start is a task on the Tasks page)."""
         entry = self.current_entry()
-        if entry is None or entry.state != READY:
-            return
+        if entry is None or entry.state != READY or self.bridge.active_task(entry.id):
+            return None
         self.sig_serve_requested.emit(entry.id)
-        self._status(f"Serve {entry.name}: requested")
+        return await serve_model(self.main_window, entry)
+
+    @asyncSlot()
+    async def _on_playground_clicked(self) -> None:
+        await self.open_current_in_playground()
+
+    async def open_current_in_playground(self) -> bool:
+        """The Playground with a ready service of the selected model, or an offer to serve it
+        first; True when the window switched to the Playground."""
+        entry = self.current_entry()
+        if entry is None or entry.state != READY or self.bridge.active_task(entry.id):
+            return False
+        return await open_model_in_playground(self.main_window, entry)
 
     # -- bridge events ---------------------------------------------------------------------------
 

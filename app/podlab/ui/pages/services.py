@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ from podlab.core.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
 from podlab.core.lab import Lab
 from podlab.core.services import ENGINE_CHOICES, InferenceService, ServiceEvent, ServiceState
 from podlab.core.snippets import Snippet, snippets
-from podlab.core.store import StoredModel
+from podlab.core.store import PARTIAL, StoredModel
 from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.service_bridge import (
@@ -107,6 +108,8 @@ ENGINE_CHOICE_TITLES = {
     "local": "Local process (llama-cpp-python)",
 }
 LOG_LINES_KEPT = 5000
+REFRESH_WAIT_S = 10.0
+"""How long "Open in Playground" waits for a fresh list of services before using the known."""
 DEFAULT_IMAGE_TEXT = "Default (llama.cpp server for the GPU found)"
 
 
@@ -440,6 +443,15 @@ class NewServiceDialog(QDialog):
         self.model_combo.setCurrentIndex(self.model_combo.count() - 1)
         self.path_edit.setText(str(path))
 
+    def select_model(self, path: str | Path) -> None:
+        """Pre-fill the model: its entry in the store list, else the GGUF file field (a model
+        found in another tool's folder, whose file name does not end in .gguf)."""
+        index = self.model_combo.findData(str(path))
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        else:
+            self.set_model_path(path)
+
     def set_choice(self, combo: QComboBox, value: str) -> None:
         combo.setCurrentIndex(combo.findData(value))
 
@@ -494,6 +506,8 @@ class NewServiceDialog(QDialog):
             problem = "Choose a model from the store or a GGUF file."
         elif not Path(path).expanduser().is_file():
             problem = f"{path} is not a file."
+        elif path.endswith(".partial"):
+            problem = f"{path} is an unfinished download; finish it on the Models page first."
         self.problem.setText(problem)
         if not problem:
             self.accept()
@@ -985,11 +999,20 @@ class ServicesPage(QWidget):
     async def _on_new(self) -> None:
         await self.new_service()
 
-    async def new_service(self) -> Task | None:
-        """Ask for a model and options; start the service as a task (None when cancelled)."""
+    async def new_service(
+        self,
+        model: str | Path | None = None,
+        *,
+        on_created: Callable[[InferenceService], Any] | None = None,
+    ) -> Task | None:
+        """Ask for a model and options; start the service as a task (None when cancelled).
+
+        `model` pre-fills the dialog (the Catalog's and Models page's Serve); once the
+        service exists it is selected here, and `on_created` gets it too.
+        """
         bridge = self.bridge
-        if bridge is None:
-            return None
+        if bridge is None or self.active_dialog is not None:
+            return None  # (one dialog at a time)
         self.new_button.setEnabled(False)
         try:
             models = await bridge_for(self._lab).list_models()
@@ -1003,6 +1026,8 @@ class ServicesPage(QWidget):
             context_size=self._lab.settings.default_context_size,
             parent=self,
         )
+        if model is not None:
+            dialog.select_model(model)
         self.active_dialog = dialog
         try:
             accepted = await exec_dialog(dialog) == QDialog.DialogCode.Accepted
@@ -1012,10 +1037,14 @@ class ServicesPage(QWidget):
             dialog.deleteLater()
         if not accepted:
             return None
-        return await self.start_new_service(values, report)
+        return await self.start_new_service(values, report, on_created=on_created)
 
     async def start_new_service(
-        self, values: NewServiceValues, report: GpuReport | None = None
+        self,
+        values: NewServiceValues,
+        report: GpuReport | None = None,
+        *,
+        on_created: Callable[[InferenceService], Any] | None = None,
     ) -> Task | None:
         """Start a service from the dialog's values; asks before running on the CPU when a GPU
         is present but cannot be passed (never a silent fallback)."""
@@ -1054,10 +1083,18 @@ class ServicesPage(QWidget):
             gpu=values.gpu,
             options=values.options,
             allow_cpu=allow_cpu,
-            on_created=lambda service: self.select_service(service.id),
+            on_created=lambda service: self._created(service, on_created),
         )
         self._watch(task)
         return task
+
+    def _created(
+        self, service: InferenceService, also: Callable[[InferenceService], Any] | None
+    ) -> None:
+        if shiboken6.isValid(self):
+            self.select_service(service.id)
+        if also is not None:
+            also(service)
 
     def _watch(self, task: Task) -> None:
         """Say in the status bar when an action failed (the Tasks page has the details)."""
@@ -1145,6 +1182,117 @@ class ServicesPage(QWidget):
     def show_message(self, title: str, text: str, hint: str = "") -> None:
         box = MessageDialog(self, title, text, hint, level="warning")
         open_dialog(box)
+
+
+# -- serving a model from another page (Catalog, Models) ---------------------------------------
+
+
+def services_page_of(window: QWidget | None) -> ServicesPage | None:
+    """The window's Services page (created if need be), which owns the New service dialog."""
+    page = getattr(window, "page", None)
+    if not callable(page):
+        return None
+    found = page("services")
+    return found if isinstance(found, ServicesPage) else None
+
+
+def service_for(
+    services: Iterable[InferenceService], model_file: str | Path
+) -> InferenceService | None:
+    """The service to chat with about this model file: the newest READY one, else the newest
+    one still starting (the Playground selects it once it is ready); None if none runs."""
+    wanted = Path(model_file).expanduser().resolve()
+    mine = [
+        s for s in services if s.model_file and Path(s.model_file).expanduser().resolve() == wanted
+    ]
+    for states in ((ServiceState.READY,), (ServiceState.CREATING, ServiceState.STARTING)):
+        found = [s for s in mine if s.state in states]
+        if found:
+            return max(found, key=lambda s: s.created)
+    return None
+
+
+def _refuse_unusable(window: QWidget | None, entry: StoredModel) -> bool:
+    """True (and said in the status bar) when `entry` cannot be served: an unfinished
+    download, or a file that is gone, is never handed to a server."""
+    if entry.usable:
+        return False
+    why = "its download is unfinished" if entry.state == PARTIAL else "its file is gone"
+    _say(window, f"{entry.name} cannot be served: {why}")
+    return True
+
+
+def _say(window: QWidget | None, text: str) -> None:
+    status_bar = getattr(window, "statusBar", None)
+    if callable(status_bar):
+        status_bar().showMessage(text, 10000)
+
+
+async def serve_model(window: QWidget | None, entry: StoredModel) -> Task | None:
+    """Serve: the Services page's New service dialog with `entry` chosen; once the task is
+    started the window shows the Services page, which selects the service when it exists.
+    None when there is nothing to do (cancelled, not servable, no Services page)."""
+    services = services_page_of(window)
+    if services is None or _refuse_unusable(window, entry):
+        return None
+    task = await services.new_service(entry.path)
+    show_page = getattr(window, "show_page", None)
+    if task is not None and callable(show_page):
+        show_page("services")
+    return task
+
+
+async def open_model_in_playground(window: QWidget | None, entry: StoredModel) -> bool:
+    """Open a model in the Playground: there, select its READY service (or the one starting,
+    once ready); without one, offer to serve it first and select that service once it is
+    ready. True when the window switched to the Playground."""
+    services = services_page_of(window)
+    show_page = getattr(window, "show_page", None)
+    if services is None or services.bridge is None or not callable(show_page):
+        return False
+    if _refuse_unusable(window, entry):
+        return False
+    bridge = services.bridge
+    with contextlib.suppress(Exception):  # Podman absent or slow: the known services count
+        await asyncio.wait_for(asyncio.shield(bridge.refresh()), REFRESH_WAIT_S)
+    service = service_for(bridge.services(), entry.path)
+    if service is not None:
+        _select_in_playground(show_page("playground"), service.id)
+        return True
+    if services.active_dialog is not None:
+        return False
+    question = MessageDialog(
+        services,
+        "Serve this model first?",
+        f"No service runs {entry.name} yet.",
+        "Start one now? The New service dialog opens with this model; the Playground "
+        "selects the service as soon as it answers (the start shows in Tasks).",
+        level="question",
+        accept_text="Serve…",
+        reject_text="Cancel",
+    )
+    services.active_dialog = question
+    try:
+        agreed = await exec_dialog(question) == QDialog.DialogCode.Accepted
+    finally:
+        services.active_dialog = None
+    if not agreed or not shiboken6.isValid(services):
+        return False
+    playground = getattr(window, "page", lambda _key: None)("playground")
+    task = await services.new_service(
+        entry.path, on_created=lambda created: _select_in_playground(playground, created.id)
+    )
+    if task is None:
+        return False
+    show_page("playground")
+    _say(window, f"Starting {entry.name}: the Playground selects it once it is ready")
+    return True
+
+
+def _select_in_playground(playground: QWidget | None, service_id: str) -> None:
+    select = getattr(playground, "select_service", None)
+    if callable(select) and playground is not None and shiboken6.isValid(playground):
+        select(service_id)
 
 
 def create_page(lab: Lab, window: QWidget) -> QWidget:

@@ -1,0 +1,99 @@
+"""Shared TLS contexts (core.http): built once, honour SSL_CERT_FILE / SSL_CERT_DIR like httpx,
+never unverified, and none with certificates for plain-HTTP clients (chat, Podman, probes)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podlab.core import http
+from podlab.core.chat import ChatClient
+from podlab.core.engine import Engine
+from tests.httpfaults import make_self_signed_cert
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every verifying context built from now on (ssl.create_default_context calls)."""
+    calls: list[dict[str, Any]] = []
+    real: Callable[..., ssl.SSLContext] = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    return calls
+
+
+@pytest.fixture
+def own_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """SSL_CERT_FILE names a CA nobody else uses (so no context for it is cached yet)."""
+    cert, _key = make_self_signed_cert(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return cert
+
+
+def test_the_shared_context_verifies_and_is_built_once(
+    own_ca: Path, built: list[dict[str, Any]]
+) -> None:
+    first = http.shared_ssl_context()
+    assert http.shared_ssl_context() is first
+    assert built == [{"cafile": str(own_ca)}]
+    assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+    assert first.cert_store_stats()["x509"] == 1  # exactly the certificate of SSL_CERT_FILE
+
+
+def test_a_changed_ca_variable_gets_its_own_context(
+    own_ca: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    mine = http.shared_ssl_context()
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "tls"))
+    by_dir = http.shared_ssl_context()
+    monkeypatch.delenv("SSL_CERT_DIR")
+    default = http.shared_ssl_context()  # certifi's bundle, as httpx
+    assert len({id(mine), id(by_dir), id(default)}) == 3
+    assert default.cert_store_stats()["x509_ca"] > 50
+    monkeypatch.setenv("SSL_CERT_FILE", str(own_ca))
+    assert http.shared_ssl_context() is mine
+
+
+def test_plain_http_gets_a_verifying_context_that_trusts_nothing(
+    built: list[dict[str, Any]],
+) -> None:
+    plain = http.ssl_context_for("http://127.0.0.1:8080/v1")
+    assert plain is http.plain_http_context()
+    assert plain.verify_mode == ssl.CERT_REQUIRED and plain.check_hostname
+    assert plain.cert_store_stats()["x509"] == 0
+    assert http.ssl_context_for("unix:///run/podman/podman.sock") is plain
+    assert http.ssl_context_for("https://example.org/v1") is http.shared_ssl_context()
+    assert http.ssl_context_for("example.org") is http.shared_ssl_context()
+
+
+async def test_clients_build_no_context_per_client(
+    own_ca: Path, built: list[dict[str, Any]]
+) -> None:
+    for _ in range(20):
+        async with ChatClient("http://127.0.0.1:1/v1"):
+            pass
+    assert built == []  # plain HTTP: no certificates loaded at all
+    for _ in range(20):
+        async with ChatClient("https://127.0.0.1:1/v1"):
+            pass
+    assert built == [{"cafile": str(own_ca)}]  # once, shared by the 20 clients
+
+    engine = Engine(url="unix:///nonexistent/podman.sock")
+    for url in ("unix:///nonexistent/podman.sock", "tcp://127.0.0.1:1"):
+        async with engine._http(url):
+            pass
+    async with engine._http("https://127.0.0.1:1"):
+        pass
+    assert built == [{"cafile": str(own_ca)}]
