@@ -21,6 +21,8 @@ Scenarios
     hostile         <script>, remote images, terminal escapes and a 100 kB line
     malformed       a `data: {not json` event between good ones
     finish_no_done  finish_reason "stop", then the stream ends without [DONE]
+    done_no_finish  `after` tokens, then [DONE] with no finish_reason (llama-cpp-python's way of
+                    ending an answer another request interrupted)
     done_no_blank   ends with "data: [DONE]" and no blank line, then closes
 
 Options for every streaming scenario
@@ -82,6 +84,7 @@ SCENARIOS = (
     "malformed",
     "finish_no_done",
     "done_no_blank",
+    "done_no_finish",
 )
 MID_STREAM_ERROR = "model crashed: out of memory while decoding"
 HTTP_ERROR = "the model 'x' is not loaded on this server"
@@ -413,7 +416,9 @@ class FaultServer:
         pending: list[str] = []
         made: dict[str, str] = {}  # identical tokens make identical events
         for index, token in enumerate(tokens):
-            if scenario in ("error_mid", "error_event", "drop", "stall") and index == after:
+            if scenario in ("error_mid", "error_event", "drop", "stall", "done_no_finish") and (
+                index == after
+            ):
                 break
             if scenario == "malformed" and index == 2:
                 await stream.send(fmt.event('{"choices": [{"delta": {"content": "lost'))
@@ -445,6 +450,10 @@ class FaultServer:
             return False
         if scenario == "stall":
             await asyncio.Event().wait()
+        if scenario == "done_no_finish":
+            await stream.send(fmt.event("[DONE]"))
+            await stream.end()
+            return True
 
         timings: dict[str, Any] = {}
         if opts.get("timings") == "1":

@@ -262,6 +262,26 @@ async def test_dropped_connection_is_interrupted_and_keeps_the_text(
     assert done.text == expected == text_of(events)
 
 
+async def test_done_without_a_finish_reason_after_text_is_an_interrupted_answer(
+    client: ChatClient,
+) -> None:
+    events = await chat(client, "done_no_finish")
+    done = done_of(events)
+    [error] = errors_of(events)
+    assert error.kind == "interrupted" and "without a finish reason" in error.message
+    assert done.interrupted and done.state == "interrupted"
+    assert done.text == "Hello, wörld" == text_of(events)
+
+
+async def test_done_without_a_finish_reason_and_no_text_is_an_empty_answer(
+    client: ChatClient,
+) -> None:
+    events = await chat(client, "done_no_finish?after=0")
+    done = done_of(events)
+    assert errors_of(events) == []
+    assert done.ok and done.text == ""
+
+
 async def test_stall_mid_stream_times_out_as_interrupted(server: FaultServer) -> None:
     async with ChatClient(server.url, read_timeout=0.3) as client:
         started = time.monotonic()

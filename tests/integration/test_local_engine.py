@@ -95,6 +95,38 @@ async def test_local_serve_chat_stop_and_rediscovery(
     assert await restarted_manager().list_services() == []
 
 
+async def test_a_second_request_waits_instead_of_cutting_the_first_answer(
+    service_manager: ServiceManager, smollm2_model: Path
+) -> None:
+    """llama-cpp-python interrupts a streaming answer when another request arrives, unless
+    told not to; Podlab's servers queue it, so parallel panes each get a whole answer."""
+    from podlab.core.chat import ChatClient, Done, GenerationParams
+
+    service = await service_manager.serve(
+        smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+    )
+    params = GenerationParams(temperature=0.0, seed=1, max_tokens=48)
+
+    async def answer(question: str) -> Done:
+        async with ChatClient(service.endpoint) as client:
+            messages = [{"role": "user", "content": question}]
+            async for event in client.stream_chat(messages, service.model_ref, params):
+                if isinstance(event, Done):
+                    return event
+        raise AssertionError("no Done event")
+
+    try:
+        first, second = await asyncio.gather(
+            answer("Tell me a long story about a lighthouse."),
+            answer("List five colours."),
+        )
+        for done in (first, second):
+            assert done.ok and not done.interrupted, done.error
+            assert done.finish_reason in ("stop", "length") and done.text.strip()
+    finally:
+        await service_manager.delete(service)
+
+
 async def test_local_server_crash_shows_its_log_and_reads_as_exited(
     service_manager: ServiceManager, corrupt_gguf: Path
 ) -> None:

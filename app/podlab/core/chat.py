@@ -693,7 +693,19 @@ class ChatClient:
                         if state.saw_done:
                             break
                     if state.saw_done:
-                        for event in self._final(state, interrupted=False):
+                        # [DONE] after text but with no finish_reason: the server cut the answer
+                        # short (llama-cpp-python does this when another request interrupts it).
+                        cut = state.finish_reason is None and state.error is None and state.parts
+                        if cut:
+                            yield state.fail(
+                                Error(
+                                    "interrupted: the server ended the answer without a finish "
+                                    "reason (another request may have cut it short)",
+                                    None,
+                                    "interrupted",
+                                )
+                            )
+                        for event in self._final(state, interrupted=bool(cut)):
                             yield event
                         await _drain(chunks)
                         return

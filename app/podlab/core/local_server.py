@@ -185,6 +185,9 @@ class LocalEngine:
             "--n_ctx", str(ctx_size),
             "--n_gpu_layers", str(gpu_layers),
             "--model_alias", model_ref,
+            # By default a new request cuts the answer streaming now; queue it instead, so two
+            # panes or a model-list refresh never truncate someone's answer.
+            "--interrupt_requests", "false",
         ]  # fmt: skip
         if threads is not None:
             argv += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]

@@ -23,6 +23,7 @@ set -- --model "$MODEL_PATH" \
     --port "${PORT:-8000}" \
     --n_gpu_layers "${GPU_LAYERS:-0}" \
     --n_ctx "${CTX_SIZE:-2048}" \
+    --interrupt_requests false \
     "$@"
 if [ -n "${MODEL_ALIAS:-}" ]; then
     set -- "$@" --model_alias "$MODEL_ALIAS"
