@@ -5,8 +5,17 @@
     python bench/download.py --dir /dev/shm  # keep the disk out of the comparison
 
 A file of random bytes is created once in a temporary folder and served from a threaded HTTP
-server on 127.0.0.1 (tests/httpfaults.py, sendfile). Each round downloads it with curl and with
-Podlab's downloader (sha256 on, in a subprocess so that its peak memory, ru_maxrss, is its own).
+server on 127.0.0.1 (tests/httpfaults.py). Each round downloads it with curl and with Podlab's
+downloader (sha256 on, in a subprocess so that its peak memory, ru_maxrss, is its own), the two
+taking turns at going first; the best round of each is kept.
+
+The comparison is fair by construction: both clients fetch the same file from the same server
+in the same run. The server sends file bodies with sendfile(2), so it needs little CPU: on a
+small machine (2 cores) a Python loop copying the body would take the core the client needs,
+and the bench would measure the server. `--limit-mibps` paces the body in Python (64 KiB
+writes), like a real link, for both clients alike. The machine may be shared and busy: compare
+only numbers from one run, and the CPU seconds as well as the rates (Podlab's include starting
+Python and importing httpx).
 
 Two comparisons are printed:
   transfer  curl's time_total vs Podlab until the last byte is written and hashed;
@@ -169,18 +178,21 @@ def main() -> int:
             else:
                 server.serve("/model.bin", source)
             url = server.url("/model.bin")
-            for round_no in range(1, args.rounds + 1):
+
+            def curl_round(round_no: int) -> None:
+                assert curl is not None
                 out = work / "curl.out"
-                if curl:
-                    curl_s, curl_sync, curl_cpu = run_curl(curl, url, out)
-                    out.unlink()
-                    keep("curl", curl_s)
-                    keep("curl_durable", curl_s + curl_sync)
-                    keep("curl_cpu", curl_cpu)
-                    print(
-                        f"round {round_no}: curl    {rate(size, curl_s):8.1f} MiB/s "
-                        f"({curl_s:.2f} s; +{curl_sync:.2f} s fsync), CPU {curl_cpu:.2f} s"
-                    )
+                curl_s, curl_sync, curl_cpu = run_curl(curl, url, out)
+                out.unlink()
+                keep("curl", curl_s)
+                keep("curl_durable", curl_s + curl_sync)
+                keep("curl_cpu", curl_cpu)
+                print(
+                    f"round {round_no}: curl    {rate(size, curl_s):8.1f} MiB/s "
+                    f"({curl_s:.2f} s; +{curl_sync:.2f} s fsync), CPU {curl_cpu:.2f} s"
+                )
+
+            def podlab_round(round_no: int) -> None:
                 out = work / "podlab.out"
                 result = run_podlab(url, out, sha256)
                 out.unlink()
@@ -194,6 +206,13 @@ def main() -> int:
                     f"with fsync and rename), CPU {result['cpu_s']:.2f} s, "
                     f"peak memory {result['peak_rss_bytes'] / 1e6:.1f} MB"
                 )
+
+            for round_no in range(1, args.rounds + 1):
+                turns = [curl_round, podlab_round] if curl else [podlab_round]
+                if round_no % 2 == 0:
+                    turns.reverse()  # neither always goes first (page cache, writeback)
+                for turn in turns:
+                    turn(round_no)
 
         print()
         print(f"podlab transfer+sha256: {rate(size, best['podlab']):8.1f} MiB/s")

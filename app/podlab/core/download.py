@@ -15,6 +15,14 @@ SSL_CERT_FILE); there is no insecure fallback. `HF_TOKEN` is sent to Hugging Fac
 Progress: `add_listener(callback)` or `async for event in download.events()`; each event is a
 `DownloadProgress` with state, bytes, total, rate (sliding window, 0 B/s while stalled) and ETA.
 `DownloadManager` runs several downloads with a concurrency cap.
+
+The bytes move in a worker thread, through httpx's synchronous client: blocking reads of up to
+`READ_SIZE` bytes, each batch appended to the partial in order, while a second thread hashes
+what was written. That costs far less per byte than the asyncio read path (64 KiB reads, each
+through the event loop), and the event loop (the GUI's) only reads counters for progress.
+Cancelling shuts the connection's socket down, which wakes the worker at once; the download
+waits for the worker to let go of the partial file, so the partial stays an exact prefix of the
+file and the hash covers exactly the partial.
 """
 
 from __future__ import annotations
@@ -27,10 +35,14 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import random
 import re
 import shutil
+import socket
 import ssl
+import struct
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
+import httpcore
 import httpx
 
 from podlab import __version__
@@ -48,14 +61,16 @@ from podlab.core.paths import atomic_write_text
 
 try:  # POSIX: one process per partial file.
     import fcntl
+    import termios
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
-WRITE_DEPTH = 4
-"""Batches of CHUNK_SIZE bytes that may wait for the I/O thread (bounds memory)."""
+"""Bytes gathered from the socket before one write (writev) to the partial and hash update."""
+READ_SIZE = 1 << 20
+"""Bytes asked of the socket per read; httpcore asks 64 KiB (see `_LargeReadStream`)."""
 MAX_REDIRECTS = 10
 USER_AGENT = f"podlab/{__version__}"
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -268,15 +283,165 @@ def server_sha256(response: httpx.Response) -> str | None:
     return None
 
 
-def make_client(max_connections: int | None = None) -> httpx.AsyncClient:
-    """The HTTP client downloads use: TLS always verified, proxies and CAs from the env."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=4)
-    return httpx.AsyncClient(
+class _LargeReadStream(httpcore.NetworkStream):
+    """An httpcore network stream that reads all that has arrived, up to READ_SIZE bytes.
+
+    httpcore's HTTP/1.1 connection asks for `READ_NUM_BYTES` (64 KiB, a class attribute with no
+    option to change it); a multi-GB body then costs tens of thousands of trips through h11 and
+    httpx per GiB. A network backend is httpcore's documented way to customise the socket layer,
+    so instead of patching the class for every user of httpx in the process, this stream asks
+    the socket for more when more is there (FIONREAD): exactly that much, since Python allocates
+    the whole size asked for each read (a 1 MiB buffer shrunk to the 60 KiB a slow link brought
+    costs more than the read). The read itself is httpcore's, timeout and errors included, so
+    stall detection and slow links behave exactly as before.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max(max_bytes, min(self._available(), READ_SIZE)), timeout)
+
+    def _available(self) -> int:
+        """Bytes received and not read yet (0 when unknown)."""
+        if fcntl is None:  # pragma: no cover - Windows has no FIONREAD here: read big
+            return READ_SIZE
+        sock = self._stream.get_extra_info("socket")
+        if not isinstance(sock, socket.socket):
+            return 0
+        try:
+            (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))
+        except (OSError, ValueError):
+            return 0
+        return int(count)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _TLSRecordsStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _TLSRecordsStream(_LargeReadStream):
+    """A TLS stream whose reads return the records already received, up to READ_SIZE bytes.
+
+    An SSL socket returns one TLS record (at most 16 KiB) per read, whatever the size asked,
+    and asking more only makes Python allocate (mmap) and shrink a buffer that size for each
+    record. So: one read as httpcore asks it (waiting, with its timeout), then further records
+    only while they are already complete in the socket (non-blocking; a partial record stays
+    buffered in OpenSSL for the next read). An error there is left for that next read to raise.
+    """
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = self._stream.read(max_bytes, timeout)
+        sock = self._stream.get_extra_info("socket")
+        if not data or not isinstance(sock, ssl.SSLSocket):
+            return data
+        parts, size = [data], len(data)
+        previous = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            while size < READ_SIZE:
+                more = sock.recv(max_bytes)
+                if not more:
+                    break
+                parts.append(more)
+                size += len(more)
+        except OSError:  # SSLWantReadError: no complete record yet (anything else: see above)
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(previous)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _LargeReadBackend(httpcore.NetworkBackend):
+    """httpcore's own blocking socket backend, its streams wrapped in `_LargeReadStream`."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _LargeReadStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return _LargeReadStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _Transport(httpx.HTTPTransport):
+    """httpx's HTTP transport over a connection pool that reads through `_LargeReadBackend`.
+
+    `httpx.HTTPTransport` maps requests, responses and errors onto one httpcore connection pool
+    (`_pool`) but has no parameter for the network backend, so the pool is rebuilt here with the
+    same TLS context and limits plus that backend. Should a later httpx keep its pool elsewhere,
+    the transport stays fully httpx's and only the reads go back to 64 KiB.
+    """
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        # TLS is always verified: httpx's default context (certifi, or SSL_CERT_FILE/_DIR).
+        ssl_context = httpx.create_ssl_context(verify=True, trust_env=True)
+        super().__init__(verify=ssl_context, trust_env=True, limits=limits)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_LargeReadBackend(),
+        )
+
+
+class _Client(httpx.Client):
+    """An httpx.Client whose direct connections go through `_Transport`.
+
+    Passing `transport=` would switch off the proxies from the environment (httpx reads
+    HTTPS_PROXY, NO_PROXY... only when no transport is given), so the transport is swapped where
+    httpx builds its default one instead; proxied URLs keep httpx's proxy transports. Should a
+    later httpx build it elsewhere, the client is simply httpx's own.
+    """
+
+    def _init_transport(self, *args: Any, **kwargs: Any) -> httpx.BaseTransport:
+        limits = kwargs.get("limits")
+        if not args and kwargs.get("transport") is None and isinstance(limits, httpx.Limits):
+            return _Transport(limits)
+        return super()._init_transport(*args, **kwargs)
+
+
+def make_client(max_connections: int | None = None) -> httpx.Client:
+    """The HTTP client downloads use: TLS always verified, proxies and CAs from the env.
+
+    Synchronous: downloads run their transfers in worker threads (see the module doc); an
+    `httpx.Client` may be shared between threads.
+    """
+    return _Client(
         verify=True,
         trust_env=True,
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
-        limits=limits,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=4),
         timeout=httpx.Timeout(30.0),
         headers={"User-Agent": USER_AGENT},
     )
@@ -313,6 +478,134 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _in_thread(function: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+    """Run `function(*args)` in a new daemon thread; its outcome lands in the returned future.
+
+    Daemon, not a pool's thread: a thread abandoned while it connects (cancel, Ctrl-C) must not
+    hold the process open at exit until the connect timeout.
+    """
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = function(*args)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=work, name="podlab-download", daemon=True).start()
+    return future
+
+
+class _Connection:
+    """The socket of one attempt, as known to its worker thread, so that cancel can close it.
+
+    The worker learns it from httpcore's "trace" extension as soon as a new connection is made
+    (before TLS and the request), and from the response for a reused keep-alive connection.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stream: httpcore.NetworkStream | None = None
+        self.aborted = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.attach(info.get("return_value"))
+
+    def attach(self, stream: Any) -> None:
+        """Remember the stream in use; shut it down at once if the attempt is aborted."""
+        if not isinstance(stream, httpcore.NetworkStream):
+            return
+        with self._lock:
+            self._stream = stream
+            aborted = self.aborted
+        if aborted:
+            _shut_down(stream)
+
+    def abort(self) -> None:
+        """Close the connection now (from any thread): a blocked read returns at once."""
+        with self._lock:
+            self.aborted = True
+            stream = self._stream
+        if stream is not None:
+            _shut_down(stream)
+
+
+class _HashFeed:
+    """sha256 of the bytes written, computed in a thread of its own while the next ones arrive.
+
+    The worker copies each written batch into one of a few buffers made once (a cheap copy: the
+    bytes are still in the CPU cache) and reads on; a buffer comes back once hashed, so memory
+    stays bounded and no fresh memory is touched per batch. One thread and one queue keep the
+    order. `close()` returns when all given bytes are hashed: the digest then covers exactly
+    what is in the partial file.
+    """
+
+    SLOTS = 4
+
+    def __init__(self, hasher: Any, slot_size: int = CHUNK_SIZE) -> None:
+        self._hasher = hasher
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        for _ in range(self.SLOTS):
+            self._free.put(bytearray(slot_size))
+        self._slot = self._free.get()
+        self._used = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="podlab-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._full.get()) is not None:
+            slot, used = item
+            if self._error is None:
+                try:
+                    self._hasher.update(memoryview(slot)[:used])
+                except BaseException as exc:  # raised by close(); the slots keep coming back
+                    self._error = exc
+            self._free.put(slot)
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            count = min(len(self._slot) - self._used, len(view))
+            self._slot[self._used : self._used + count] = view[:count]
+            self._used += count
+            view = view[count:]
+            if self._used == len(self._slot):
+                self._full.put((self._slot, self._used))
+                self._slot, self._used = self._free.get(), 0
+
+    def close(self) -> None:
+        if self._used:
+            self._full.put((self._slot, self._used))
+            self._used = 0
+        self._full.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _close_response(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        with contextlib.suppress(Exception):
+            future.result().close()
+
+
+def _shut_down(stream: httpcore.NetworkStream) -> None:
+    sock = stream.get_extra_info("socket")
+    if isinstance(sock, socket.socket):
+        # The plain socket call, also for an SSLSocket: its own shutdown() would drop the TLS
+        # state under the worker thread reading it. shutdown(2) wakes a blocked read (close
+        # would not); the worker then closes the connection itself.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 # -- one download ------------------------------------------------------------------------------
@@ -378,7 +671,9 @@ class Download:
         self._cancel_requested = False
         self._fd: int | None = None
         self._hasher = hashlib.sha256()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ended = threading.Event()
+        """Set when run() ends: a prefix still being re-hashed in a thread stops there."""
+        self._waking = False
         self._etag: str | None = None
         self._write_error: DownloadError | None = None
         self._resumed_from = 0
@@ -471,6 +766,12 @@ class Download:
         self._samples.clear()
         self._rate = 0.0
 
+    def _wake(self) -> None:
+        """Bytes flow again after a stall (scheduled on the loop by the worker thread)."""
+        self._waking = False
+        if self._state is DownloadState.STALLED:
+            self._set_state(DownloadState.DOWNLOADING)
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.progress_interval)
@@ -487,8 +788,11 @@ class Download:
         elif not self._state.finished:
             self._set_state(DownloadState.CANCELLED, "cancelled before it started")
 
-    async def run(self, client: httpx.AsyncClient | None = None) -> DownloadResult:
-        """Download; returns the result or raises DownloadError (DownloadCancelled on cancel)."""
+    async def run(self, client: httpx.Client | None = None) -> DownloadResult:
+        """Download; returns the result or raises DownloadError (DownloadCancelled on cancel).
+
+        `client` (from `make_client`, shared by a DownloadManager) is used from worker threads.
+        """
         if self._task is not None:
             raise RuntimeError("a Download runs only once; create a new one to resume")
         if self._cancel_requested:
@@ -507,12 +811,12 @@ class Download:
                 hint="pull it again to resume where it stopped",
             ) from None
 
-    async def _main(self, client: httpx.AsyncClient | None) -> DownloadResult:
+    async def _main(self, client: httpx.Client | None) -> DownloadResult:
         ticker: asyncio.Task[None] | None = None
         try:
-            async with contextlib.AsyncExitStack() as stack:
+            with contextlib.ExitStack() as stack:
                 if client is None:
-                    client = await stack.enter_async_context(make_client())
+                    client = stack.enter_context(make_client())
                 ticker = asyncio.create_task(self._tick())
                 result = await self._download(client)
             self.result = result
@@ -542,7 +846,7 @@ class Download:
 
     # -- the work ------------------------------------------------------------------------------
 
-    async def _download(self, client: httpx.AsyncClient) -> DownloadResult:
+    async def _download(self, client: httpx.Client) -> DownloadResult:
         self._set_state(DownloadState.CONNECTING)
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
@@ -554,7 +858,6 @@ class Download:
         except BaseException:
             self._close_partial()
             raise
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="download")
         try:
             await self._prepare_partial()
             failures = 0
@@ -588,8 +891,8 @@ class Download:
             self._discard_if_empty()
             raise
         finally:
+            self._ended.set()
             self._close_partial()
-            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _lock_partial(self) -> None:
         if fcntl is None or self._fd is None:  # pragma: no cover - Windows
@@ -640,8 +943,7 @@ class Download:
                 DownloadState.CONNECTING,
                 f"checking the {format_bytes(size)} already downloaded",
             )
-            loop = asyncio.get_running_loop()
-            self._hasher = await loop.run_in_executor(self._executor, self._hash_prefix, size)
+            self._hasher = await asyncio.wrap_future(_in_thread(self._hash_prefix, size))
             self._offset = self._done = self._resumed_from = size
             os.lseek(self._fd, size, os.SEEK_SET)
         self._write_state()
@@ -650,7 +952,7 @@ class Download:
         hasher = hashlib.sha256()
         with self.partial_path.open("rb") as handle:
             remaining = size
-            while remaining:
+            while remaining and not self._ended.is_set():
                 chunk = handle.read(min(CHUNK_SIZE, remaining))
                 if not chunk:
                     break
@@ -666,8 +968,9 @@ class Download:
         self._offset = self._done = 0
         self._reset_rate()
 
-    def _write(self, chunks: list[bytes]) -> None:
-        """Append chunks to the partial and hash what was written (runs in the I/O thread).
+    def _write(self, chunks: list[bytes], hash_update: Callable[[memoryview], None]) -> None:
+        """Append chunks to the partial, then give what was written to `hash_update` (runs in
+        the worker thread).
 
         The chunks go to the kernel as they came off the socket (writev), without first
         being joined into one buffer: one copy of each byte less.
@@ -690,20 +993,17 @@ class Download:
                 if count:
                     views[0] = views[0][count:]
         except OSError as exc:
-            self._hash_prefix_of(chunks, written)
             self._offset += written
+            for chunk in chunks:  # hash exactly the bytes that reached the file
+                if written <= 0:
+                    break
+                hash_update(memoryview(chunk)[:written])
+                written -= len(chunk)
             self._write_error = self._os_error(exc, "cannot write")
             raise self._write_error from exc
         for chunk in chunks:
-            self._hasher.update(chunk)
+            hash_update(memoryview(chunk))
         self._offset += written
-
-    def _hash_prefix_of(self, chunks: list[bytes], count: int) -> None:
-        for chunk in chunks:
-            if count <= 0:
-                return
-            self._hasher.update(memoryview(chunk)[:count])
-            count -= len(chunk)
 
     def _os_error(self, exc: OSError, doing: str) -> DownloadError:
         if exc.errno in _DISK_FULL_ERRNOS:
@@ -725,7 +1025,7 @@ class Download:
                 headers["If-Range"] = self._etag
         return headers
 
-    async def _attempt_once(self, client: httpx.AsyncClient) -> None:
+    async def _attempt_once(self, client: httpx.Client) -> None:
         self._set_state(DownloadState.CONNECTING, f"connecting (attempt {self._attempt})")
         timeout = httpx.Timeout(
             connect=self.connect_timeout,
@@ -733,16 +1033,25 @@ class Download:
             write=self.stall_seconds,
             pool=None,
         )
+        connection = _Connection()
         try:
             request = client.build_request(
-                "GET", self.resolved_url, headers=self._request_headers(), timeout=timeout
+                "GET",
+                self.resolved_url,
+                headers=self._request_headers(),
+                timeout=timeout,
+                extensions={"trace": connection.trace},
             )
-            response = await client.send(request, stream=True)
+            response = await self._send(client, request, connection)
             try:
-                if await self._start_body(response):
-                    await self._stream_body(response)
-            finally:
-                await response.aclose()
+                body = await self._start_body(response)
+            except BaseException:
+                response.close()
+                raise
+            if body:
+                await self._stream_body(response, connection)  # closes the response
+            else:
+                response.close()
         except httpx.TooManyRedirects:
             raise DownloadError(
                 f"too many redirects (more than {MAX_REDIRECTS}) for {self.url}: "
@@ -882,57 +1191,86 @@ class Download:
                 kind="disk_full",
             )
 
-    async def _stream_body(self, response: httpx.Response) -> None:
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        assert executor is not None
-        # Hashing and writing run in one I/O thread, in order, while the next bytes arrive;
-        # at most WRITE_DEPTH batches wait for it, so memory stays bounded.
-        pending: deque[concurrent.futures.Future[None]] = deque()
-        buffer: list[bytes] = []
-        buffered = 0
+    @staticmethod
+    async def _send(
+        client: httpx.Client, request: httpx.Request, connection: _Connection
+    ) -> httpx.Response:
+        """Send the request and wait for the response head (redirects followed), in a thread."""
+
+        def send() -> httpx.Response:
+            response = client.send(request, stream=True)
+            connection.attach(response.extensions.get("network_stream"))
+            return response
+
+        future = _in_thread(send)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # A connection already made is shut down now; a connect() in progress cannot be
+            # interrupted, so the thread is left to finish and its response closed then.
+            connection.abort()
+            future.add_done_callback(_close_response)
+            raise
+
+    async def _stream_body(self, response: httpx.Response, connection: _Connection) -> None:
         self._last_byte = time.monotonic()
         self._reset_rate()
         self._samples.append((self._last_byte, self._done))
         self._set_state(DownloadState.DOWNLOADING)
+        worker = asyncio.wrap_future(
+            _in_thread(self._receive, response, asyncio.get_running_loop())
+        )
         try:
-            async for chunk in response.aiter_raw():
-                buffer.append(chunk)
-                buffered += len(chunk)
-                self._done += len(chunk)
-                self._last_byte = time.monotonic()
-                if self._state is DownloadState.STALLED:
-                    self._set_state(DownloadState.DOWNLOADING)
-                if buffered >= self.chunk_size:
-                    while len(pending) >= WRITE_DEPTH or (pending and pending[0].done()):
-                        await asyncio.wrap_future(pending.popleft(), loop=loop)
-                    pending.append(executor.submit(self._write, buffer))
-                    buffer, buffered = [], 0
-        except BaseException:
-            # Keep every byte received: the partial stays a correct prefix for a resume.
-            with contextlib.suppress(Exception):
-                self._drain(pending, buffer)
+            await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            connection.abort()
+            # The worker owns the partial file until it returns, which it does at once now that
+            # its socket is shut down (after writing what it had received).
+            while not worker.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([worker])
+            if not worker.cancelled():
+                worker.exception()  # the connection error the abort caused: nothing to report
             raise
-        self._drain(pending, buffer)
+        finally:
+            self._done = self._offset  # what is in the partial (the worker has ended)
         if self._total is not None and self._offset < self._total:
             raise _Retry(
                 f"the connection ended early at {format_bytes(self._offset)} "
                 f"of {format_bytes(self._total)}"
             )
 
-    def _drain(self, pending: deque[concurrent.futures.Future[None]], buffer: list[bytes]) -> None:
-        """Wait for the queued writes (in order), then write what is left of `buffer`."""
+    def _receive(self, response: httpx.Response, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the body and append it to the partial, in order (the worker thread); what is
+        written is hashed alongside (`_HashFeed`).
+
+        Progress reaches the event loop through `_done` and `_last_byte`, read by its ticker;
+        only the end of a stall is sent over, once, since it changes the state.
+        """
+        buffer: list[bytes] = []
+        buffered = 0
+        feed = _HashFeed(self._hasher)
         try:
-            while pending:
-                pending.popleft().result()
+            try:
+                for chunk in response.iter_raw():
+                    buffer.append(chunk)
+                    buffered += len(chunk)
+                    self._done += len(chunk)
+                    self._last_byte = time.monotonic()
+                    if self._state is DownloadState.STALLED and not self._waking:
+                        self._waking = True
+                        loop.call_soon_threadsafe(self._wake)
+                    if buffered >= self.chunk_size:
+                        batch, buffer, buffered = buffer, [], 0
+                        self._write(batch, feed.update)
+            finally:
+                # Keep every byte received: the partial stays a correct prefix for a resume.
+                if buffer:
+                    self._write(buffer, feed.update)
         finally:
-            for future in pending:
-                with contextlib.suppress(Exception):
-                    future.result()
-            self._done = self._offset
-        if buffer:
-            self._write(buffer)
-        self._done = self._offset
+            with contextlib.suppress(Exception):  # best effort: the bytes are handled
+                response.close()
+            feed.close()  # returns once all that was written is hashed
 
     async def _finish(self) -> DownloadResult:
         assert self._fd is not None
@@ -1015,7 +1353,7 @@ class DownloadManager:
         self.max_parallel = max_parallel
         self._semaphore = asyncio.Semaphore(max_parallel)
         self._tasks: dict[Download, asyncio.Task[DownloadResult]] = {}
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.Client | None = None
 
     @classmethod
     def from_settings(cls, settings: DownloadSettings) -> DownloadManager:
@@ -1064,5 +1402,5 @@ class DownloadManager:
                 task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if self._client is not None:
-            await self._client.aclose()
+            self._client.close()  # the idle connections: their transfers have all ended
             self._client = None
