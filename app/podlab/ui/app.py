@@ -61,16 +61,21 @@ def run_gui(argv: list[str]) -> int:
     app.setApplicationName("Podlab")
     app.setApplicationVersion(__version__)
     app.setDesktopFileName("io.github.podlab.Podlab")
-    app.setWindowIcon(window_icon())
     lab = Lab.open()
     apply_theme(app, lab.settings.theme)
     window = MainWindow(lab)
     window.resize(args.width, args.height)
+    quit_before_loop: list[bool] = []
+    app.aboutToQuit.connect(lambda: quit_before_loop.append(True))
     if not args.screenshot:
         # Paint the window before asyncio, qasync and the first page are loaded: the user sees
         # Podlab at once and the page fills in a moment later.
         window.show()
         app.processEvents()
+        if quit_before_loop:  # closed or signalled already: nothing to run
+            return 0
+    # The icon's SVG loads the image plugin; the window manager takes it after the first paint.
+    app.setWindowIcon(window_icon())
 
     import asyncio
 

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
+from PySide6.QtCore import QSignalBlocker, QSize, Signal
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -28,23 +28,22 @@ class PageEntry:
 
     key: str
     title: str
-    icon: QStyle.StandardPixmap
+    icon: str
+    """A QStyle.StandardPixmap name, resolved after the first paint (its enum is costly)."""
     module: str
     """Module under podlab.ui.pages with a `create_page(lab, window) -> QWidget`."""
 
 
 PAGES: tuple[PageEntry, ...] = (
-    PageEntry("dashboard", "Dashboard", QStyle.StandardPixmap.SP_ComputerIcon, "dashboard"),
-    PageEntry("catalog", "Catalog", QStyle.StandardPixmap.SP_FileDialogContentsView, "catalog"),
-    PageEntry("models", "Models", QStyle.StandardPixmap.SP_DriveHDIcon, "models"),
-    PageEntry("services", "Services", QStyle.StandardPixmap.SP_MediaPlay, "services"),
-    PageEntry(
-        "playground", "Playground", QStyle.StandardPixmap.SP_MessageBoxQuestion, "playground"
-    ),
-    PageEntry("compare", "Compare", QStyle.StandardPixmap.SP_FileDialogListView, "compare"),
-    PageEntry("recipes", "Recipes", QStyle.StandardPixmap.SP_DirIcon, "recipes"),
-    PageEntry("tasks", "Tasks", QStyle.StandardPixmap.SP_BrowserReload, "tasks"),
-    PageEntry("settings", "Settings", QStyle.StandardPixmap.SP_FileDialogDetailedView, "settings"),
+    PageEntry("dashboard", "Dashboard", "SP_ComputerIcon", "dashboard"),
+    PageEntry("catalog", "Catalog", "SP_FileDialogContentsView", "catalog"),
+    PageEntry("models", "Models", "SP_DriveHDIcon", "models"),
+    PageEntry("services", "Services", "SP_MediaPlay", "services"),
+    PageEntry("playground", "Playground", "SP_MessageBoxQuestion", "playground"),
+    PageEntry("compare", "Compare", "SP_FileDialogListView", "compare"),
+    PageEntry("recipes", "Recipes", "SP_DirIcon", "recipes"),
+    PageEntry("tasks", "Tasks", "SP_BrowserReload", "tasks"),
+    PageEntry("settings", "Settings", "SP_FileDialogDetailedView", "settings"),
 )
 PAGE_KEYS = tuple(page.key for page in PAGES)
 
@@ -69,8 +68,7 @@ class MainWindow(QMainWindow):
         self.nav.setFixedWidth(180)
         self.nav.setSpacing(2)
         for index, page in enumerate(PAGES):
-            item = QListWidgetItem(self.style().standardIcon(page.icon), page.title)
-            item.setData(Qt.ItemDataRole.UserRole, page.key)
+            item = QListWidgetItem(page.title)
             item.setToolTip(f"{page.title} (Ctrl+{index + 1})")
             self.nav.addItem(item)
         self.stack = QStackedWidget()
@@ -94,9 +92,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Settings: {error} (defaults used)")
 
         self.nav.currentRowChanged.connect(self._on_row_changed)
-        for index in range(len(PAGES)):
-            shortcut = QShortcut(QKeySequence(f"Ctrl+{index + 1}"), self)
-            shortcut.activated.connect(lambda row=index: self.nav.setCurrentRow(row))
+        self._finished = False
         # The first row is marked without building its page: the caller shows the window first
         # and then calls show_page, so the window appears before any page's imports and load.
         blocker = QSignalBlocker(self.nav)
@@ -117,7 +113,20 @@ class MainWindow(QMainWindow):
             self._pages[key] = widget
         return self._pages[key]
 
+    def finish_start(self) -> None:
+        """Icons and shortcuts, added right after the first paint (QStyle's and QKeySequence's
+        enums take a few milliseconds to build, and the window can show without them)."""
+        if self._finished:
+            return
+        self._finished = True
+        for index, page in enumerate(PAGES):
+            pixmap = getattr(QStyle.StandardPixmap, page.icon)
+            self.nav.item(index).setIcon(self.style().standardIcon(pixmap))
+            shortcut = QShortcut(QKeySequence(f"Ctrl+{index + 1}"), self)
+            shortcut.activated.connect(lambda row=index: self.nav.setCurrentRow(row))
+
     def show_page(self, key: str) -> QWidget:
+        self.finish_start()
         row = PAGE_KEYS.index(key)
         if self.nav.currentRow() == row:
             self._on_row_changed(row)
