@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -75,6 +76,7 @@ async def run(url: str, tokens: int, tps: int, panes: int) -> int:
         pane.clear_history()
         pane.picker.set_endpoint(url, model)
     await asyncio.sleep(0.2)
+    gc.freeze()  # as podlab.ui.app does once it has started
 
     heartbeat = Heartbeat()
     page.prompt.setPlainText("Stream as fast as you are told.")

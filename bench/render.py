@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import re
@@ -223,6 +224,7 @@ async def measure(small: int, large: int, repeats: int) -> tuple[list[Run], list
     chat.show()
     heartbeat = Heartbeat()
     await stream_into_chat(chat, all_tokens[:500], heartbeat)  # imports, lexers, caches
+    gc.freeze()  # as podlab.ui.app does once it has started
     small_runs, large_runs = [], []
     for _ in range(repeats):  # alternating, so a busy moment of the machine hits both
         small_runs.append(await stream_into_chat(chat, all_tokens[:small], heartbeat))
