@@ -224,6 +224,16 @@ async def exec_dialog(dialog: QDialog) -> int:
             dialog.finished.disconnect(done)
 
 
+async def ask(page: Any, dialog: QDialog) -> bool:
+    """Show `dialog` as the page's `active_dialog` (where tests find it and answer it), wait,
+    and say whether it was accepted; the page forgets the dialog afterwards."""
+    page.active_dialog = dialog
+    try:
+        return bool(await exec_dialog(dialog) == QDialog.DialogCode.Accepted)
+    finally:
+        page.active_dialog = None
+
+
 ICONS = {
     "info": QStyle.StandardPixmap.SP_MessageBoxInformation,
     "warning": QStyle.StandardPixmap.SP_MessageBoxWarning,

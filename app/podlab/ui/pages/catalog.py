@@ -60,7 +60,7 @@ from podlab.ui.models.catalog_model import (
 )
 from podlab.ui.models.formatting import context_text, params_text, size_text
 from podlab.ui.pages.services import open_model_in_playground, serve_model
-from podlab.ui.service_bridge import exec_dialog
+from podlab.ui.service_bridge import ask
 from podlab.ui.widgets.model_card import ModelCardView
 
 log = logging.getLogger(__name__)
@@ -789,13 +789,9 @@ class CatalogPage(QWidget):
         )
         delete = box.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
         box.addButton(QMessageBox.StandardButton.Cancel)
-        self.active_dialog = box
-        try:
-            await exec_dialog(box)
-            confirmed = box.clickedButton() is delete
-        finally:
-            self.active_dialog = None
-            box.deleteLater()
+        await ask(self, box)
+        confirmed = box.clickedButton() is delete
+        box.deleteLater()
         if not confirmed:
             return
         try:

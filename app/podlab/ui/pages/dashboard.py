@@ -57,7 +57,7 @@ from podlab.ui.main_window import MainWindow
 from podlab.ui.service_bridge import (
     MessageDialog,
     ServiceBridge,
-    exec_dialog,
+    ask,
     open_dialog,
     service_bridge_for,
 )
@@ -495,11 +495,7 @@ class DashboardPage(QWidget):
             accept_text="Start service",
             reject_text="Cancel",
         )
-        self.active_dialog = dialog
-        try:
-            agreed = await exec_dialog(dialog) == QDialog.DialogCode.Accepted
-        finally:
-            self.active_dialog = None
+        agreed = await ask(self, dialog)
         if not agreed:
             return False
         self.engine_card.set_status("info", "Starting…")
@@ -657,12 +653,8 @@ class DashboardPage(QWidget):
             return False
         path = self.cdi_spec_path or self.probe.path(PODLAB_CDI_SPEC_PATH)
         dialog = CdiSpecDialog(spec, path, self)
-        self.active_dialog = dialog
-        try:
-            accepted = await exec_dialog(dialog) == QDialog.DialogCode.Accepted
-        finally:
-            self.active_dialog = None
-            dialog.deleteLater()
+        accepted = await ask(self, dialog)
+        dialog.deleteLater()
         if not accepted:
             return False
         try:

@@ -53,7 +53,7 @@ from podlab.ui.models.store_model import (
     source_text,
 )
 from podlab.ui.pages.services import open_model_in_playground, serve_model
-from podlab.ui.service_bridge import exec_dialog
+from podlab.ui.service_bridge import ask
 
 COLUMN_WIDTHS = {COL_NAME: 260, COL_SOURCE: 170, COL_QUANT: 100, COL_SIZE: 90, COL_STATE: 120}
 DETAIL_FIELDS = (
@@ -379,13 +379,9 @@ class ModelsPage(QWidget):
         dialog = QFileDialog(self, "Import a GGUF model", str(Path.home()))
         dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
         dialog.setNameFilters(["GGUF models (*.gguf)", "All files (*)"])
-        self.active_dialog = dialog
-        try:
-            accepted = await exec_dialog(dialog)
-            files = dialog.selectedFiles()
-        finally:
-            self.active_dialog = None
-            dialog.deleteLater()
+        accepted = await ask(self, dialog)
+        files = dialog.selectedFiles()
+        dialog.deleteLater()
         if accepted and files:
             await self.import_path(Path(files[0]))
 
@@ -431,13 +427,9 @@ class ModelsPage(QWidget):
         )
         confirm = box.addButton(action, QMessageBox.ButtonRole.DestructiveRole)
         box.addButton(QMessageBox.StandardButton.Cancel)
-        self.active_dialog = box
-        try:
-            await exec_dialog(box)
-            confirmed = box.clickedButton() is confirm
-        finally:
-            self.active_dialog = None
-            box.deleteLater()
+        await ask(self, box)
+        confirmed = box.clickedButton() is confirm
+        box.deleteLater()
         if not confirmed:
             return
         try:

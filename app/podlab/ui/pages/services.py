@@ -66,6 +66,7 @@ from podlab.ui.download_bridge import bridge_for
 from podlab.ui.service_bridge import (
     MessageDialog,
     ServiceBridge,
+    ask,
     exec_dialog,
     open_dialog,
     service_bridge_for,
@@ -1028,13 +1029,9 @@ class ServicesPage(QWidget):
         )
         if model is not None:
             dialog.select_model(model)
-        self.active_dialog = dialog
-        try:
-            accepted = await exec_dialog(dialog) == QDialog.DialogCode.Accepted
-            values = dialog.values()
-        finally:
-            self.active_dialog = None
-            dialog.deleteLater()
+        accepted = await ask(self, dialog)
+        values = dialog.values()
+        dialog.deleteLater()
         if not accepted:
             return None
         return await self.start_new_service(values, report, on_created=on_created)
@@ -1070,11 +1067,7 @@ class ServicesPage(QWidget):
                 accept_text="Run on the CPU",
                 reject_text="Cancel",
             )
-            self.active_dialog = question
-            try:
-                allow_cpu = await exec_dialog(question) == QDialog.DialogCode.Accepted
-            finally:
-                self.active_dialog = None
+            allow_cpu = await ask(self, question)
             if not allow_cpu:
                 return None
         task = bridge.new_service(
@@ -1153,11 +1146,7 @@ class ServicesPage(QWidget):
             accept_text="Delete",
             reject_text="Cancel",
         )
-        self.active_dialog = dialog
-        try:
-            agreed = await exec_dialog(dialog) == QDialog.DialogCode.Accepted
-        finally:
-            self.active_dialog = None
+        agreed = await ask(self, dialog)
         if not agreed or self.bridge is None:
             return None
         if self._followed_id == service.id:
