@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpcore
@@ -57,7 +57,9 @@ import httpx
 
 from podlab import __version__
 from podlab.core.errors import PodlabError
+from podlab.core.http import shared_ssl_context
 from podlab.core.paths import atomic_write_text
+from podlab.core.settings import Settings
 
 try:  # POSIX: one process per partial file.
     import fcntl
@@ -74,10 +76,8 @@ READ_SIZE = 1 << 20
 MAX_REDIRECTS = 10
 USER_AGENT = f"podlab/{__version__}"
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
-DEFAULT_STALL_SECONDS = 30.0
-"""Same default as Settings.download_stall_seconds."""
-DEFAULT_MAX_PARALLEL = 2
-"""Same default as Settings.max_parallel_downloads."""
+DEFAULT_STALL_SECONDS = Settings().download_stall_seconds
+DEFAULT_MAX_PARALLEL = Settings().max_parallel_downloads
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _ETAG_SHA256_RE = re.compile(r'^(W/)?"?([0-9a-fA-F]{64})"?$')
@@ -165,13 +165,6 @@ class DownloadResult:
             "resumed_from": self.resumed_from,
             "attempts": self.attempts,
         }
-
-
-class DownloadSettings(Protocol):
-    """The part of podlab.core.settings.Settings downloads read."""
-
-    max_parallel_downloads: int
-    download_stall_seconds: float
 
 
 class DownloadError(PodlabError):
@@ -402,8 +395,8 @@ class _Transport(httpx.HTTPTransport):
     """
 
     def __init__(self, limits: httpx.Limits) -> None:
-        # TLS is always verified: httpx's default context (certifi, or SSL_CERT_FILE/_DIR).
-        ssl_context = httpx.create_ssl_context(verify=True, trust_env=True)
+        # TLS is always verified, with the process's one shared context (core/http.py).
+        ssl_context = shared_ssl_context()
         super().__init__(verify=ssl_context, trust_env=True, limits=limits)
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context,
@@ -1356,7 +1349,7 @@ class DownloadManager:
         self._client: httpx.Client | None = None
 
     @classmethod
-    def from_settings(cls, settings: DownloadSettings) -> DownloadManager:
+    def from_settings(cls, settings: Settings) -> DownloadManager:
         return cls(settings.max_parallel_downloads)
 
     @property
