@@ -400,6 +400,12 @@ def _get(entry: _V, key: str) -> _V | None:
     return child
 
 
+def _line(entry: _V, key: str) -> int | None:
+    """The line of `key` in `entry`, or the entry's own line when the key is absent."""
+    child = _get(entry, key)
+    return child.line if child else entry.line
+
+
 def _str(entry: _V, key: str, *, required: bool = False) -> str | None:
     child = _get(entry, key)
     if child is None:
@@ -520,8 +526,7 @@ def _url(entry: _V, key: str = "url") -> str:
     assert url is not None
     problem = check_url(url)
     if problem:
-        child = _get(entry, key)
-        raise _Bad(child.line if child else entry.line, problem)
+        raise _Bad(_line(entry, key), problem)
     return url
 
 
@@ -530,8 +535,7 @@ def _sha256(entry: _V) -> str | None:
     if sha is None or sha == "":
         return None
     if not _SHA256.match(sha):
-        child = _get(entry, "sha256")
-        raise _Bad(child.line if child else entry.line, "'sha256' must be 64 hexadecimal digits")
+        raise _Bad(_line(entry, "sha256"), "'sha256' must be 64 hexadecimal digits")
     return sha.lower()
 
 
@@ -552,15 +556,30 @@ def _license(value: str | None) -> str | None:
 # --- entries --------------------------------------------------------------------------------
 
 
+def _required_id(entry: _V, what: str) -> str:
+    """The entry's `id`: present, text, and safe as a file-system name."""
+    value = _str(entry, "id", required=True)
+    assert value is not None
+    return _safe(_line(entry, "id"), value, what)
+
+
+def _backend(entry: _V, default: str) -> str:
+    backend = _str(entry, "backend") or default
+    if backend not in BACKENDS:
+        raise _Bad(
+            _line(entry, "backend"), f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})"
+        )
+    return backend
+
+
 def _variant(entry: _V, model_id: str) -> ModelVariant:
     url = _url(entry)
     file_child = _get(entry, "file_name") or _get(entry, "url")
     file_name = _str(entry, "file_name") or file_name_from_url(url)
     _safe(file_child.line if file_child else entry.line, file_name, "file name")
     quant = _str(entry, "quantization") or guess_quantization(file_name)
-    id_child = _get(entry, "id")
     variant_id = _str(entry, "id") or (f"{model_id}:{quant}" if quant else model_id)
-    _safe(id_child.line if id_child else entry.line, variant_id, "variant id")
+    _safe(_line(entry, "id"), variant_id, "variant id")
     return ModelVariant(
         id=variant_id,
         url=url,
@@ -575,25 +594,15 @@ def _variant(entry: _V, model_id: str) -> ModelVariant:
 def _podlab_model(entry: _V, path: str, errors: list[ConfigError]) -> ModelInfo:
     if not isinstance(entry.value, dict):
         raise _Bad(entry.line, f"a model must be a mapping, not {_type_name(entry.value)}")
-    model_id = _str(entry, "id", required=True)
-    assert model_id is not None
-    id_child = _get(entry, "id")
-    _safe(id_child.line if id_child else entry.line, model_id, "model id")
+    model_id = _required_id(entry, "model id")
     name = _str(entry, "name", required=True)
     assert name is not None
-    backend = _str(entry, "backend") or "llama-cpp"
-    if backend not in BACKENDS:
-        child = _get(entry, "backend")
-        raise _Bad(
-            child.line if child else entry.line,
-            f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})",
-        )
+    backend = _backend(entry, default="llama-cpp")
     capabilities = _str_list(entry, "capabilities")
     for cap in capabilities:
         if cap not in CAPABILITIES:
-            child = _get(entry, "capabilities")
             raise _Bad(
-                child.line if child else entry.line,
+                _line(entry, "capabilities"),
                 f"unknown capability '{cap}' (known: {', '.join(CAPABILITIES)})",
             )
     _unknown_fields(entry, MODEL_FIELDS, f"model '{model_id}'", path, errors)
@@ -651,26 +660,16 @@ def _ai_lab_model(entry: _V, path: str, errors: list[ConfigError]) -> ModelInfo:
     """A Podman AI Lab catalog model: one file at `url`, becoming a single variant."""
     if not isinstance(entry.value, dict):
         raise _Bad(entry.line, f"a model must be a mapping, not {_type_name(entry.value)}")
-    model_id = _str(entry, "id", required=True)
-    assert model_id is not None
-    id_child = _get(entry, "id")
-    _safe(id_child.line if id_child else entry.line, model_id, "model id")
+    model_id = _required_id(entry, "model id")
     name = _str(entry, "name", required=True)
     assert name is not None
     description = _str(entry, "description", required=True)
-    backend = _str(entry, "backend") or "none"
-    if backend not in BACKENDS:
-        child = _get(entry, "backend")
-        raise _Bad(
-            child.line if child else entry.line,
-            f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})",
-        )
+    backend = _backend(entry, default="none")
     if _get(entry, "url") is None:
         raise _Bad(entry.line, "has no 'url', so there is nothing to download")
     url = _url(entry)
     file_name = file_name_from_url(url)
-    url_child = _get(entry, "url")
-    _safe(url_child.line if url_child else entry.line, file_name, "file name (from url)")
+    _safe(_line(entry, "url"), file_name, "file name (from url)")
     quant = guess_quantization(file_name)
     variant_id = f"{model_id}:{quant}" if quant else model_id
     _safe(entry.line, variant_id, "variant id")
@@ -704,26 +703,21 @@ def _ai_lab_model(entry: _V, path: str, errors: list[ConfigError]) -> ModelInfo:
 def _recipe(entry: _V, path: str, errors: list[ConfigError]) -> RecipeInfo:
     if not isinstance(entry.value, dict):
         raise _Bad(entry.line, f"a recipe must be a mapping, not {_type_name(entry.value)}")
-    recipe_id = _str(entry, "id", required=True)
-    assert recipe_id is not None
-    id_child = _get(entry, "id")
-    _safe(id_child.line if id_child else entry.line, recipe_id, "recipe id")
+    recipe_id = _required_id(entry, "recipe id")
     repository = _str(entry, "repository", required=True)
     assert repository is not None
-    repo_child = _get(entry, "repository")
     repo_parts = urlsplit(repository)
     if repo_parts.scheme != "https" or not repo_parts.hostname:
         raise _Bad(
-            repo_child.line if repo_child else entry.line,
+            _line(entry, "repository"),
             f"repository '{repository}' must be an https:// git URL",
         )
     basedir = _str(entry, "basedir")
     if basedir is not None:
         parts = PurePosixPath(basedir).parts
         if basedir.startswith(("/", "\\")) or "\\" in basedir or ".." in parts:
-            child = _get(entry, "basedir")
             raise _Bad(
-                child.line if child else entry.line,
+                _line(entry, "basedir"),
                 f"basedir '{basedir}' must be a relative path inside the repository",
             )
     name = _str(entry, "name", required=True)
@@ -754,8 +748,7 @@ def _category(entry: _V, path: str, errors: list[ConfigError]) -> Category:
     category_id = _str(entry, "id", required=True)
     name = _str(entry, "name", required=True)
     assert category_id is not None and name is not None
-    id_child = _get(entry, "id")
-    _safe(id_child.line if id_child else entry.line, category_id, "category id")
+    _safe(_line(entry, "id"), category_id, "category id")
     _unknown_fields(entry, CATEGORY_FIELDS, f"category '{category_id}'", path, errors)
     return Category(category_id, name, _str(entry, "description") or "", path)
 
