@@ -44,6 +44,7 @@ from podlab.core.modelinfo import CAPABILITIES, ModelInfo, ModelVariant
 from podlab.core.store import PARTIAL, READY, StoredModel
 from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
+from podlab.ui.models import select_source_row
 from podlab.ui.models.catalog_model import (
     COL_CONTEXT,
     COL_FIT,
@@ -651,15 +652,7 @@ class CatalogPage(QWidget):
 
     def select_model(self, model_id: str) -> bool:
         """Select a model's row (if the filters show it); True when selected."""
-        row = self.source.row_of(model_id)
-        if row < 0:
-            return False
-        index = self.proxy.mapFromSource(self.source.index(row, 0))
-        if not index.isValid():
-            return False
-        self.table.setCurrentIndex(index)
-        self.table.scrollTo(index)
-        return True
+        return select_source_row(self.table, self.proxy, self.source.row_of(model_id))
 
     def visible_model_ids(self) -> list[str]:
         """Model ids in the order the table shows them."""

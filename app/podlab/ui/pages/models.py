@@ -38,6 +38,7 @@ from podlab.core.lab import Lab
 from podlab.core.store import PARTIAL, READY, DiskUsage, StoredModel
 from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
+from podlab.ui.models import select_source_row
 from podlab.ui.models.formatting import context_text, params_text, size_text
 from podlab.ui.models.store_model import (
     COL_NAME,
@@ -295,15 +296,7 @@ class ModelsPage(QWidget):
         return entry if isinstance(entry, StoredModel) else None
 
     def select(self, model_id: str) -> bool:
-        row = self.source.row_of(model_id)
-        if row < 0:
-            return False
-        index = self.proxy.mapFromSource(self.source.index(row, 0))
-        if not index.isValid():
-            return False
-        self.table.setCurrentIndex(index)
-        self.table.scrollTo(index)
-        return True
+        return select_source_row(self.table, self.proxy, self.source.row_of(model_id))
 
     def entry_ids(self) -> list[str]:
         return [entry.id for entry in self.source.entries()]
