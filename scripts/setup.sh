@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 profile=${1:-app}
 
 app_packages=(python3 python3-venv python3-dev build-essential cmake git ca-certificates curl
-  podman runc uidmap slirp4netns fuse-overlayfs
+  podman runc uidmap slirp4netns fuse-overlayfs catatonit
   fonts-dejavu-core libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
   libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0)
 test_packages=(mmdebstrap openssl)
@@ -41,16 +41,39 @@ done
 [ -n "$python" ] || { echo "setup: Python 3.11 or newer is needed" >&2; exit 1; }
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+
+# llama.cpp compiled for a portable x86-64 baseline (AVX2, FMA, F16C), never for this machine's own
+# CPU: a native build enables AVX-512/AMX where the builder has them and then faults on other CPUs
+# (and the model-server image carries the same wheel to every machine). arm64 uses its baseline.
+llama_version=$(sed -nE 's/^llama[-_]cpp[-_]python==//p' constraints.txt)
+case "$(uname -m)" in
+  x86_64) llama_cmake="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" ;;
+  *) llama_cmake="-DGGML_NATIVE=OFF" ;;
+esac
+# Built once per version and flags into a cache outside the checkout, so a fresh clone (CI) reuses
+# it; pip's own wheel cache is not keyed by CMAKE_ARGS and could hand back a native build.
+llama_key=$(printf '%s %s %s' "$llama_version" "$(uname -m)" "$llama_cmake" | sha256sum | cut -c1-12)
+llama_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/podlab/llama-wheels/$llama_key"
+if ! ls "$llama_wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "setup: compiling llama.cpp $llama_version for a portable CPU baseline (about 5 minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  mkdir -p "$llama_wheels.tmp"
+  CMAKE_ARGS="$llama_cmake" .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps \
+    --no-binary llama-cpp-python "llama-cpp-python==$llama_version" -w "$llama_wheels.tmp"
+  rm -rf "$llama_wheels" && mv "$llama_wheels.tmp" "$llama_wheels"
+fi
+
 extras="local"
 [ "$profile" = test ] && extras="local,test"
-# Reinstall only when the project's requirements changed since the last successful install.
-stamp=".venv/.podlab-installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  echo "setup: installing Podlab into .venv (the first time compiles llama.cpp: about 5 minutes)"
+# One stamp for what is installed: the test profile is a superset of the app profile, so running
+# the app after the tests (or the reverse) reinstalls nothing unless the requirements changed.
+inputs=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+have=$(cat .venv/.podlab-installed 2>/dev/null || true)
+if [ "$have" != "test-$inputs" ] && [ "$have" != "$profile-$inputs" ]; then
+  echo "setup: installing Podlab into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[$extras]"
-  rm -f .venv/.podlab-installed-*
-  touch "$stamp"
+  .venv/bin/python -m pip install -q --find-links "$llama_wheels" -c constraints.txt -e ".[$extras]"
+  echo "$profile-$inputs" > .venv/.podlab-installed
 fi
 
 if [ "$profile" = test ]; then
@@ -59,6 +82,7 @@ if [ "$profile" = test ]; then
   version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))')
   if ! ls .venv/wheelhouse/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
     echo "setup: collecting the llama-cpp-python $version wheelhouse for image builds"
-    .venv/bin/python -m pip wheel -q "llama-cpp-python[server]==$version" -w .venv/wheelhouse
+    .venv/bin/python -m pip wheel -q --find-links "$llama_wheels" -c constraints.txt \
+      "llama-cpp-python[server]==$version" -w .venv/wheelhouse
   fi
 fi

@@ -1,0 +1,1 @@
+"""Chat: the streaming client, conversations, comparisons and energy readings."""

@@ -1,0 +1,1 @@
+"""Models: the catalog, model files on disk, downloads and the hardware fit estimate."""
