@@ -45,7 +45,7 @@ MIB = 1 << 20
 
 def child(url: str, dest: str, sha256: str) -> None:
     """Run one Podlab download and print timings and this process's peak memory as JSON."""
-    from podlab.core.download import Download, DownloadProgress, DownloadState
+    from podlab.core.models.download import Download, DownloadProgress, DownloadState
 
     marks: dict[str, float] = {}
 

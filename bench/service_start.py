@@ -71,7 +71,7 @@ async def first_token(api_url: str, model: str) -> str:
 
 
 async def podlab_round(manager: Any, model: Path, image: str) -> float:
-    from podlab.core.container_spec import ServiceOptions
+    from podlab.core.serving.container_spec import ServiceOptions
 
     start = time.perf_counter()
     service = await manager.serve(model, engine="podman", options=ServiceOptions(image=image))
@@ -85,7 +85,7 @@ async def baseline_round(manager: Any, model: Path, image: str, env: dict[str, s
     """The same container flags as Podlab's, run by `podman run` from a shell script."""
     from tests import harness
 
-    from podlab.core.container_spec import ServiceOptions
+    from podlab.core.serving.container_spec import ServiceOptions
 
     port = harness.free_port()
     prepared = await manager.prepare(
@@ -118,9 +118,9 @@ async def run_checked(argv: list[str], env: dict[str, str]) -> None:
 
 
 async def ensure_image(url: str) -> str:
-    from podlab.core.container_spec import PODLAB_SERVER_IMAGE
-    from podlab.core.engine import Engine
-    from podlab.core.services import build_model_server_image
+    from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
+    from podlab.core.serving.engine import Engine
+    from podlab.core.serving.services import build_model_server_image
 
     engine = Engine(url=url)
     await engine.connect()
@@ -142,8 +142,8 @@ async def ensure_image(url: str) -> str:
 async def run(rounds: int, url: str, env: dict[str, str]) -> None:
     from tests import harness
 
-    from podlab.core.engine import Engine
-    from podlab.core.services import ServiceManager
+    from podlab.core.serving.engine import Engine
+    from podlab.core.serving.services import ServiceManager
     from podlab.core.settings import Settings
 
     model = harness.smollm2_path()

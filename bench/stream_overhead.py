@@ -3,7 +3,7 @@
 Both read the same stream in the same run, alternating which goes first each round:
 
     raw     httpx.AsyncClient.stream + aiter_lines + json.loads, counting content chunks
-    podlab  podlab.core.chat.ChatClient.stream_chat, counting Token events (SSE parser, events,
+    podlab  core.chat.client.ChatClient.stream_chat, counting Token events (SSE parser, events,
             metrics, error handling and all)
 
 Throughput is tokens / wall time of the whole request, measured the same way for both. Each
@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from podlab.core.chat import ChatClient, GenerationParams, Token
+from podlab.core.chat.client import ChatClient, GenerationParams, Token
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.97

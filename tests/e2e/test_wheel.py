@@ -28,12 +28,18 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
     assert "podlab/resources/icons/podlab.svg" in names
     assert "podlab/recipes/model_servers/llamacpp_python/Containerfile" in names
     assert not any(name.startswith(("tests/", "app/")) for name in names)
+    # Package discovery: every package of the source tree is in the wheel, new ones included.
+    source = REPO / "app"
+    for init in source.glob("podlab/**/__init__.py"):
+        assert init.relative_to(source).as_posix() in names
+    assert {"podlab/core/models/__init__.py", "podlab/core/serving/__init__.py",
+            "podlab/core/chat/__init__.py"} <= names  # fmt: skip
 
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     code = (
         "import json, podlab\n"
-        "from podlab.core.catalog import load_catalog\n"
+        "from podlab.core.models.catalog import load_catalog\n"
         "from podlab.core.resources import recipe_file\n"
         "load = load_catalog(include_user_dir=False)\n"
         "cf = recipe_file('model_servers/llamacpp_python/Containerfile')\n"

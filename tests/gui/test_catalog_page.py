@@ -17,11 +17,11 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
-from podlab.core.gpu import GIB
-from podlab.core.hardware import HostFacts
 from podlab.core.lab import Lab
-from podlab.core.modelinfo import ModelInfo, ModelVariant
-from podlab.core.services import InferenceService, ServiceEvent, ServiceState
+from podlab.core.models.hardware import HostFacts
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
+from podlab.core.serving.gpu import GIB
+from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceState
 from podlab.core.tasks import TaskState
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.main_window import MainWindow

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QLayout, QVBoxLayout, QWidget
 
-from podlab.core.compare import RoundResult
+from podlab.core.chat.compare import RoundResult
 from podlab.core.lab import Lab
 from podlab.ui.pages.compare import ComparePage
 from tests.faultserver import ANSWER_TEXT, FaultServer, serve_in_thread

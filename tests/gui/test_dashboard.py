@@ -15,8 +15,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
-from podlab.core.gpu import PODLAB_CDI_SPEC_PATH, CommandResult, HostProbe
 from podlab.core.lab import Lab
+from podlab.core.serving.gpu import PODLAB_CDI_SPEC_PATH, CommandResult, HostProbe
 from podlab.ui.main_window import MainWindow
 from podlab.ui.pages.dashboard import NO_GPU_TEXT, CdiSpecDialog, DashboardPage
 
@@ -223,7 +223,7 @@ def test_cards_follow_the_palette_in_light_and_dark(window, qtbot, dark, tmp_pat
 def test_start_podman_service_asks_first_then_starts_the_real_service(
     window, qtbot, monkeypatch, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from podlab.core.engine import Engine
+    from podlab.core.serving.engine import Engine
     from tests import harness
 
     harness.require_podman()

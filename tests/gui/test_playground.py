@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QLayout, QVBoxLayout, QWidget
 
-from podlab.core.conversations import ConversationStore
+from podlab.core.chat.conversations import ConversationStore
 from podlab.core.lab import Lab
 from podlab.ui.pages.playground import PlaygroundPage
 from podlab.ui.widgets.chat_view import MessageWidget

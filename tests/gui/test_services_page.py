@@ -13,10 +13,10 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
-from podlab.core.container_spec import PODLAB_SERVER_IMAGE
-from podlab.core.engine import Engine
 from podlab.core.lab import Lab
-from podlab.core.services import (
+from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.services import (
     InferenceService,
     ServiceEvent,
     ServiceState,
@@ -321,7 +321,7 @@ def test_a_gpu_that_cannot_be_passed_is_never_a_silent_cpu_fallback(
 
 
 def test_the_device_badge_says_what_the_server_log_said() -> None:
-    from podlab.core.gpu import OffloadInfo
+    from podlab.core.serving.gpu import OffloadInfo
 
     service = InferenceService(
         id="x", name="x", engine="podman", model_ref="m", model_file="/m.gguf",

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from podlab.core.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, PODLAB_SERVER_IMAGE
-from podlab.core.engine import Engine
-from podlab.core.local_server import LocalEngine
 from podlab.core.paths import Locations
-from podlab.core.services import ServiceManager, build_model_server_image
+from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, PODLAB_SERVER_IMAGE
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.local_server import LocalEngine
+from podlab.core.serving.services import ServiceManager, build_model_server_image
 from podlab.core.settings import Settings
 from tests import harness
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from podlab.core.chat import (
+from podlab.core.chat.client import (
     ChatClient,
     ChatEvent,
     Done,
@@ -337,7 +337,7 @@ async def test_server_without_stream_options_gets_a_retry(server: FaultServer, s
 
 
 async def test_validation_error_names_the_field(server: FaultServer) -> None:
-    from podlab.core.chat import error_message_from_body
+    from podlab.core.chat.client import error_message_from_body
 
     body = b'{"detail": [{"loc": ["body", "top_k"], "msg": "Input should be an integer"}]}'
     assert error_message_from_body(body, 422) == "body.top_k: Input should be an integer"
@@ -372,7 +372,7 @@ async def test_api_key_is_sent_as_bearer_and_never_logged(
 
 
 def test_base_url_normalization() -> None:
-    from podlab.core.chat import normalize_base_url
+    from podlab.core.chat.client import normalize_base_url
 
     assert normalize_base_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/v1"
     assert normalize_base_url("http://127.0.0.1:8080/v1/") == "http://127.0.0.1:8080/v1"

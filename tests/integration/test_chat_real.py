@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from podlab.core.chat import ChatClient, Done, GenerationParams, Token
+from podlab.core.chat.client import ChatClient, Done, GenerationParams, Token
 from tests import harness
 
 pytestmark = pytest.mark.integration

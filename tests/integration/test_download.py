@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from podlab.core.download import (
+from podlab.core.errors import PodlabError
+from podlab.core.models.download import (
     Download,
     DownloadCancelled,
     DownloadError,
@@ -34,9 +35,8 @@ from podlab.core.download import (
     resolve_url,
     server_sha256,
 )
-from podlab.core.errors import PodlabError
-from podlab.core.modelinfo import ModelInfo, ModelVariant
-from podlab.core.store import PARTIAL, READY, DiscoveryRoots, ModelStore
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
+from podlab.core.models.store import PARTIAL, READY, DiscoveryRoots, ModelStore
 from tests.httpfaults import (
     FaultServer,
     cut,
@@ -436,7 +436,7 @@ async def test_disk_full_keeps_a_correct_partial_and_resumes(server: FaultServer
 CHILD = textwrap.dedent(
     """
     import asyncio, json, resource, signal, sys
-    from podlab.core.download import Download, DownloadError
+    from podlab.core.models.download import Download, DownloadError
     limit = int(sys.argv[3])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from podlab.core.container_spec import PODLAB_SERVER_IMAGE
-from podlab.core.engine import Engine
 from podlab.core.errors import PodlabError
-from podlab.core.services import ServiceManager
+from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.services import ServiceManager
 from tests import harness
 
 pytestmark = pytest.mark.integration

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from podlab.core.container_spec import ServiceOptions
-from podlab.core.engine import Engine
 from podlab.core.errors import PodlabError
-from podlab.core.local_server import LocalEngine
 from podlab.core.paths import Locations
-from podlab.core.services import ServiceManager, ServiceState
+from podlab.core.serving.container_spec import ServiceOptions
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.local_server import LocalEngine
+from podlab.core.serving.services import ServiceManager, ServiceState
 from podlab.core.settings import Settings
 from tests import harness
 from tests.integration.conftest import kill_local_servers
@@ -100,7 +100,7 @@ async def test_a_second_request_waits_instead_of_cutting_the_first_answer(
 ) -> None:
     """llama-cpp-python interrupts a streaming answer when another request arrives, unless
     told not to; Podlab's servers queue it, so parallel panes each get a whole answer."""
-    from podlab.core.chat import ChatClient, Done, GenerationParams
+    from podlab.core.chat.client import ChatClient, Done, GenerationParams
 
     service = await service_manager.serve(
         smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)

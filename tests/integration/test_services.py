@@ -17,11 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-from podlab.core.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
-from podlab.core.engine import Engine
 from podlab.core.errors import PodlabError
-from podlab.core.gpu import GpuInfo, GpuReport, HostProbe, plan_passthrough, read_cdi_specs
-from podlab.core.services import InferenceService, ServiceEvent, ServiceManager, ServiceState
+from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.gpu import GpuInfo, GpuReport, HostProbe, plan_passthrough, read_cdi_specs
+from podlab.core.serving.services import (
+    InferenceService,
+    ServiceEvent,
+    ServiceManager,
+    ServiceState,
+)
 from podlab.core.settings import Settings
 from tests import harness
 from tests.integration.conftest import remove_services

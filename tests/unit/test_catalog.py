@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from podlab.core.catalog import (
+from podlab.core.errors import ConfigError
+from podlab.core.models.catalog import (
     check_url,
     guess_quantization,
     load_catalog,
     user_catalog_files,
 )
-from podlab.core.errors import ConfigError
 from podlab.core.paths import Locations
 
 pytestmark = pytest.mark.unit

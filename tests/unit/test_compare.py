@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from podlab.core.chat import Done, GenerationParams, Metrics, Token
-from podlab.core.compare import (
+from podlab.core.chat.client import Done, GenerationParams, Metrics, Token
+from podlab.core.chat.compare import (
     Comparison,
     EloRating,
     Pane,
@@ -30,8 +30,8 @@ from podlab.core.compare import (
     expected_score,
     load_prompts,
 )
-from podlab.core.conversations import ConversationStore, VoteRecord
-from podlab.core.energy import EnergyMeter
+from podlab.core.chat.conversations import ConversationStore, VoteRecord
+from podlab.core.chat.energy import EnergyMeter
 from podlab.core.errors import PodlabError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from podman.domain.containers_create import CreateMixin
 
-from podlab.core.container_spec import (
+from podlab.core.errors import PodlabError
+from podlab.core.serving.container_spec import (
     CONTAINER_PORT,
     LABEL_API_URL,
     LABEL_ENGINE,
@@ -35,17 +36,16 @@ from podlab.core.container_spec import (
     model_server_spec,
     property_env_name,
 )
-from podlab.core.engine import _demux_lines, _make_tar, install_hint, parse_version
-from podlab.core.errors import PodlabError
-from podlab.core.gpu import (
+from podlab.core.serving.engine import _demux_lines, _make_tar, install_hint, parse_version
+from podlab.core.serving.gpu import (
     CdiDevice,
     GpuInfo,
     GpuReport,
     Passthrough,
     plan_passthrough,
 )
-from podlab.core.services import choose_port
-from podlab.core.snippets import SNIPPET_LANGUAGES, snippet, snippets
+from podlab.core.serving.services import choose_port
+from podlab.core.serving.snippets import SNIPPET_LANGUAGES, snippet, snippets
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from podlab.core.conversations import ConversationStore
+from podlab.core.chat.conversations import ConversationStore
 from podlab.core.errors import PodlabError
 
 pytestmark = pytest.mark.unit
@@ -157,7 +157,7 @@ def test_answer_writer_close_from_done_state(store: ConversationStore) -> None:
 CRASH_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from podlab.core.conversations import ConversationStore
+    from podlab.core.chat.conversations import ConversationStore
     store = ConversationStore(sys.argv[1])
     conversation = store.create_conversation("crash test")
     store.add_message(conversation.id, "user", "tell me a story")
@@ -338,7 +338,7 @@ def fake_keyring(monkeypatch: pytest.MonkeyPatch) -> MemoryKeyring:
 
 
 def test_api_key_goes_to_the_keyring_per_endpoint(fake_keyring: MemoryKeyring) -> None:
-    from podlab.core import secrets
+    from podlab.core.chat import secrets
 
     assert secrets.keyring_available()
     assert secrets.set_api_key("https://api.example.com/v1/", "sk-123") is True
@@ -355,7 +355,7 @@ def test_api_key_without_keyring_stays_in_memory(monkeypatch: pytest.MonkeyPatch
     import keyring
     from keyring.backends import fail
 
-    from podlab.core import secrets
+    from podlab.core.chat import secrets
 
     monkeypatch.setattr(keyring, "get_keyring", lambda: fail.Keyring())
     assert not secrets.keyring_available()
@@ -366,8 +366,8 @@ def test_api_key_without_keyring_stays_in_memory(monkeypatch: pytest.MonkeyPatch
 
 
 def test_chat_client_repr_hides_the_key() -> None:
-    from podlab.core.chat import ChatClient
-    from podlab.core.secrets import Secret
+    from podlab.core.chat.client import ChatClient
+    from podlab.core.chat.secrets import Secret
 
     client = ChatClient("http://127.0.0.1:9", Secret("sk-secret"))
     assert "sk-secret" not in repr(client)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from podlab.core.errors import PodlabError
-from podlab.core.gpu import (
+from podlab.core.serving.gpu import (
     ACTION_GENERATE_CDI,
     GPU_LAYERS_ALL,
     CommandResult,

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from podlab.core.gpu import CommandResult, GpuInfo, HostProbe
-from podlab.core.hardware import (
+from podlab.core.models.hardware import (
     BITS_PER_WEIGHT,
     OVERHEAD_FIXED,
     HostFacts,
@@ -19,7 +18,8 @@ from podlab.core.hardware import (
     fit_variant,
     read_host_facts,
 )
-from podlab.core.modelinfo import ModelInfo, ModelVariant
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
+from podlab.core.serving.gpu import CommandResult, GpuInfo, HostProbe
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from podlab.core import http
-from podlab.core.chat import ChatClient
-from podlab.core.engine import Engine
+from podlab.core.chat.client import ChatClient
+from podlab.core.serving.engine import Engine
 from tests.httpfaults import make_self_signed_cert
 
 pytestmark = pytest.mark.unit

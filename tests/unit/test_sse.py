@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from podlab.core.sse import SSEEvent, SSEParser
+from podlab.core.chat.sse import SSEEvent, SSEParser
 
 pytestmark = pytest.mark.unit
 

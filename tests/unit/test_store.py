@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from podlab.core.errors import PodlabError
-from podlab.core.store import (
+from podlab.core.models.store import (
     MISSING,
     PARTIAL,
     READY,

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from podlab.cli.output import print_json, print_table
-from podlab.core.catalog import CatalogLoad, load_catalog
 from podlab.core.errors import PodlabError
-from podlab.core.modelinfo import ModelInfo, ModelVariant
+from podlab.core.models.catalog import CatalogLoad, load_catalog
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
 from podlab.core.paths import Locations
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from podlab.cli.output import print_json, print_table
-from podlab.core.chat import (
+from podlab.core.chat.client import (
     DEFAULT_READ_TIMEOUT,
     ChatClient,
     ChatEvent,
@@ -35,7 +35,7 @@ from podlab.core.chat import (
     Token,
     Usage,
 )
-from podlab.core.compare import (
+from podlab.core.chat.compare import (
     MODES,
     CompareEvent,
     Comparison,
@@ -47,7 +47,7 @@ from podlab.core.compare import (
     RoundResult,
     load_prompts,
 )
-from podlab.core.energy import EnergyMeter
+from podlab.core.chat.energy import EnergyMeter
 from podlab.core.errors import PodlabError
 from podlab.core.paths import atomic_write_text
 

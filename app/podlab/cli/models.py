@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from podlab.cli.output import print_json, print_table
-from podlab.core.download import (
+from podlab.core.errors import PodlabError
+from podlab.core.models.download import (
     DownloadError,
     DownloadProgress,
     DownloadState,
     format_bytes,
 )
-from podlab.core.errors import PodlabError
-from podlab.core.store import PARTIAL, ModelStore, PullJob, StoredModel
+from podlab.core.models.store import PARTIAL, ModelStore, PullJob, StoredModel
 
 PLAIN_INTERVAL = 10.0
 """Seconds between progress lines when stderr is not a terminal."""
@@ -148,7 +148,7 @@ def _resolve(ref: str) -> tuple[Any, Any]:
     """(ModelInfo or None, ModelVariant or URL) for a catalog reference or a URL."""
     if "://" in ref:
         return None, ref
-    from podlab.core.catalog import load_catalog
+    from podlab.core.models.catalog import load_catalog
 
     catalog = load_catalog().catalog
     found = catalog.find_variant(ref)

@@ -14,17 +14,17 @@ from collections.abc import Coroutine
 from typing import Any
 
 from podlab.cli.output import print_json, print_table
-from podlab.core.container_spec import SERVER_KINDS, ServiceOptions
-from podlab.core.engine import Engine
-from podlab.core.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
-from podlab.core.services import (
+from podlab.core.serving.container_spec import SERVER_KINDS, ServiceOptions
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
+from podlab.core.serving.services import (
     ENGINE_CHOICES,
     InferenceService,
     ServiceEvent,
     ServiceManager,
 )
+from podlab.core.serving.snippets import snippet, snippets
 from podlab.core.settings import Settings, load_settings
-from podlab.core.snippets import snippet, snippets
 
 
 def register(subparsers: Any) -> None:

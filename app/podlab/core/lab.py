@@ -14,7 +14,7 @@ from podlab.core.paths import Locations
 from podlab.core.settings import LoadedSettings, Settings, load_settings
 
 if TYPE_CHECKING:
-    from podlab.core.engine import Engine
+    from podlab.core.serving.engine import Engine
     from podlab.core.tasks import TaskManager
 
 
@@ -47,6 +47,6 @@ class Lab:
 
         Imported here, not at module level: httpx and podman-py are not needed to show the window.
         """
-        from podlab.core.engine import Engine
+        from podlab.core.serving.engine import Engine
 
         return Engine(self.settings, locations=self.locations)

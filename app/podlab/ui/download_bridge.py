@@ -17,13 +17,18 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from podlab.core.catalog import Catalog, CatalogLoad, load_catalog, user_catalog_files
-from podlab.core.download import DownloadManager, DownloadProgress, DownloadState, format_bytes
 from podlab.core.errors import PodlabError
-from podlab.core.hardware import HostFacts, read_host_facts
 from podlab.core.lab import Lab
-from podlab.core.modelinfo import ModelInfo, ModelVariant
-from podlab.core.store import PARTIAL, DiskUsage, ModelStore, RemoveResult, StoredModel
+from podlab.core.models.catalog import Catalog, CatalogLoad, load_catalog, user_catalog_files
+from podlab.core.models.download import (
+    DownloadManager,
+    DownloadProgress,
+    DownloadState,
+    format_bytes,
+)
+from podlab.core.models.hardware import HostFacts, read_host_facts
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
+from podlab.core.models.store import PARTIAL, DiskUsage, ModelStore, RemoveResult, StoredModel
 from podlab.core.tasks import Task
 from podlab.ui.models.formatting import duration_text
 

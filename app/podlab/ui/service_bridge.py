@@ -30,10 +30,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.container_spec import ServiceOptions
-from podlab.core.gpu import GpuReport, PassthroughPlan, plan_passthrough
 from podlab.core.lab import Lab
-from podlab.core.services import InferenceService, ServiceEvent, ServiceManager
+from podlab.core.serving.container_spec import ServiceOptions
+from podlab.core.serving.gpu import GpuReport, PassthroughPlan, plan_passthrough
+from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceManager
 from podlab.core.tasks import Task
 
 TASK_KIND = "service"

@@ -36,9 +36,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from podlab.core.chat.sse import SSEParser
 from podlab.core.errors import PodlabError
 from podlab.core.http import ssl_context_for
-from podlab.core.sse import SSEParser
 
 __all__ = [
     "ChatClient",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from podlab.core.chat import (
+from podlab.core.chat.client import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
     ChatClient,
@@ -41,8 +41,8 @@ from podlab.core.chat import (
     Metrics,
     server_key,
 )
-from podlab.core.conversations import ConversationStore, VoteRecord
-from podlab.core.energy import EnergyMeter, Measurement
+from podlab.core.chat.conversations import ConversationStore, VoteRecord
+from podlab.core.chat.energy import EnergyMeter, Measurement
 from podlab.core.errors import PodlabError
 
 __all__ = [

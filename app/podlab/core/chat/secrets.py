@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from podlab.core.chat import normalize_base_url
+from podlab.core.chat.client import normalize_base_url
 from podlab.core.errors import PodlabError
 
 __all__ = [

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from podlab.core.errors import ConfigError
-from podlab.core.modelinfo import BACKENDS, CAPABILITIES, ModelInfo, ModelVariant
+from podlab.core.models.modelinfo import BACKENDS, CAPABILITIES, ModelInfo, ModelVariant
 from podlab.core.paths import Locations
 from podlab.core.resources import resource
 

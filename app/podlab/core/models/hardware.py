@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from podlab.core.gpu import GIB, GpuInfo, HostProbe, detect_gpus
-from podlab.core.modelinfo import ModelInfo, ModelVariant
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
+from podlab.core.serving.gpu import GIB, GpuInfo, HostProbe, detect_gpus
 
 FitLevel = Literal["green", "yellow", "red"]
 FitWhere = Literal["gpu", "cpu", "gpu+cpu"]

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from podlab.core.download import (
+from podlab.core.errors import PodlabError
+from podlab.core.models.download import (
     Download,
     DownloadError,
     DownloadManager,
@@ -39,8 +40,7 @@ from podlab.core.download import (
     normalize_sha256,
     resolve_url,
 )
-from podlab.core.errors import PodlabError
-from podlab.core.modelinfo import ModelInfo, ModelVariant
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
 from podlab.core.paths import Locations, atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -309,7 +309,7 @@ class PassthroughMount(Protocol):
 
 
 class PassthroughLike(Protocol):
-    """What `podlab.core.gpu.Passthrough` offers (kept structural so specs stay pure data)."""
+    """What `serving.gpu.Passthrough` offers (kept structural so specs stay pure data)."""
 
     @property
     def vendor(self) -> str: ...

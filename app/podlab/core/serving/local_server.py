@@ -6,8 +6,7 @@ is ready; the GUI may quit and come back). Each server has a small JSON record u
 folder (pid, port, model, log path, options, command line); after a restart a record whose pid
 is alive *and* still runs that same command line is found again, and a dead one is reported as
 exited (or stopped, when Podlab stopped it).
-
-Readiness, logs and states are handled by `podlab.core.services.ServiceManager`, the same way
+Readiness, logs and states are handled by `serving.services.ServiceManager`, the same way
 for both engines; this module only owns processes, records and log files.
 """
 

@@ -39,7 +39,11 @@ from typing import Any, Literal
 
 import httpx
 
-from podlab.core.container_spec import (
+from podlab.core.errors import PodlabError
+from podlab.core.http import ssl_context_for
+from podlab.core.paths import Locations
+from podlab.core.resources import recipe_file
+from podlab.core.serving.container_spec import (
     CONTAINER_PORT,
     LABEL_API_URL,
     LABEL_ENGINE,
@@ -60,9 +64,8 @@ from podlab.core.container_spec import (
     model_server_spec,
     slug,
 )
-from podlab.core.engine import HOST_CA_BUNDLE, Engine, PullPolicy
-from podlab.core.errors import PodlabError
-from podlab.core.gpu import (
+from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine, PullPolicy
+from podlab.core.serving.gpu import (
     GPU_LAYERS_ALL,
     Diagnosis,
     GpuReport,
@@ -74,10 +77,7 @@ from podlab.core.gpu import (
     parse_offload,
     plan_passthrough,
 )
-from podlab.core.http import ssl_context_for
-from podlab.core.local_server import LocalEngine, LocalRecord
-from podlab.core.paths import Locations
-from podlab.core.resources import recipe_file
+from podlab.core.serving.local_server import LocalEngine, LocalRecord
 from podlab.core.settings import Settings
 
 EngineName = Literal["podman", "local"]
@@ -240,7 +240,7 @@ def resolve_model(ref: str | Path, settings: Settings | None = None) -> Resolved
             return ResolvedModel(ref=name, path=path)
     text = str(ref)
     try:
-        from podlab.core.store import ModelStore
+        from podlab.core.models.store import ModelStore
 
         store = ModelStore.from_settings(settings)
         entry = store.get(text)
@@ -249,7 +249,7 @@ def resolve_model(ref: str | Path, settings: Settings | None = None) -> Resolved
     properties: dict[str, str] = {}
     catalog_id: str | None = None
     try:
-        from podlab.core.catalog import load_catalog
+        from podlab.core.models.catalog import load_catalog
 
         catalog = load_catalog().catalog
     except ImportError:  # pragma: no cover

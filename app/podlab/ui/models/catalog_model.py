@@ -27,9 +27,9 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication, QStyle
 
-from podlab.core.hardware import Fit, HostFacts, estimate_memory, fit_variant
-from podlab.core.modelinfo import ModelInfo, ModelVariant
-from podlab.core.store import PARTIAL, READY, StoredModel
+from podlab.core.models.hardware import Fit, HostFacts, estimate_memory, fit_variant
+from podlab.core.models.modelinfo import ModelInfo, ModelVariant
+from podlab.core.models.store import PARTIAL, READY, StoredModel
 from podlab.ui.models.formatting import context_text, params_text, short_size_text
 
 ModelIndex = QModelIndex | QPersistentModelIndex

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podlab.core.download import format_bytes
+from podlab.core.models.download import format_bytes
 
 
 def size_text(count: int | float | None) -> str:

@@ -15,7 +15,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QFont
 
-from podlab.core.store import MISSING, PARTIAL, READY, StoredModel
+from podlab.core.models.store import MISSING, PARTIAL, READY, StoredModel
 from podlab.ui.models.formatting import size_text
 
 ModelIndex = QModelIndex | QPersistentModelIndex

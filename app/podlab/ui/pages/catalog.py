@@ -38,10 +38,10 @@ from PySide6.QtWidgets import (
 from qasync import asyncSlot
 
 from podlab.core.errors import ConfigError, PodlabError
-from podlab.core.hardware import Fit, MemoryEstimate
 from podlab.core.lab import Lab
-from podlab.core.modelinfo import CAPABILITIES, ModelInfo, ModelVariant
-from podlab.core.store import PARTIAL, READY, StoredModel
+from podlab.core.models.hardware import Fit, MemoryEstimate
+from podlab.core.models.modelinfo import CAPABILITIES, ModelInfo, ModelVariant
+from podlab.core.models.store import PARTIAL, READY, StoredModel
 from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models import select_source_row

@@ -2,7 +2,7 @@
 history; speed figures per answer, the fastest marked; blind votes and an Elo leaderboard;
 prompt sets into a results table; export as Markdown or JSON.
 
-The page drives `podlab.core.compare.Comparison` (modes parallel, one-per-server, sequential)
+The page drives `podlab.core.chat.compare.Comparison` (modes parallel, one-per-server, sequential)
 and shows its events; every pane streams through its own `MarkdownView` with its own throttle.
 A failing pane shows its error while the others go on.
 """
@@ -42,8 +42,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.chat import Done, Error, Metrics, Token, normalize_base_url
-from podlab.core.compare import (
+from podlab.core.chat.client import Done, Error, Metrics, Token, normalize_base_url
+from podlab.core.chat.compare import (
     MAX_PANES,
     MIN_PANES,
     CompareEvent,
@@ -57,8 +57,8 @@ from podlab.core.compare import (
     compute_leaderboard,
     load_prompts,
 )
-from podlab.core.conversations import ConversationStore
-from podlab.core.energy import EnergyMeter
+from podlab.core.chat.conversations import ConversationStore
+from podlab.core.chat.energy import EnergyMeter
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text

@@ -34,9 +34,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.engine import Engine, EngineStatus, install_hint
 from podlab.core.errors import PodlabError
-from podlab.core.gpu import (
+from podlab.core.lab import Lab
+from podlab.core.models.hardware import HostFacts, read_host_facts
+from podlab.core.serving.engine import Engine, EngineStatus, install_hint
+from podlab.core.serving.gpu import (
     ACTION_GENERATE_CDI,
     GIB,
     PODLAB_CDI_SPEC_PATH,
@@ -49,9 +51,7 @@ from podlab.core.gpu import (
     plan_passthrough,
     write_cdi_spec,
 )
-from podlab.core.hardware import HostFacts, read_host_facts
-from podlab.core.lab import Lab
-from podlab.core.local_server import LocalEngine
+from podlab.core.serving.local_server import LocalEngine
 from podlab.ui.download_bridge import DownloadBridge, bridge_for
 from podlab.ui.main_window import MainWindow
 from podlab.ui.service_bridge import (

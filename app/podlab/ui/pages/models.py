@@ -35,7 +35,7 @@ from qasync import asyncSlot
 
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
-from podlab.core.store import PARTIAL, READY, DiskUsage, StoredModel
+from podlab.core.models.store import PARTIAL, READY, DiskUsage, StoredModel
 from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models import select_source_row

@@ -6,7 +6,7 @@ prompt and sampling parameters. Ctrl+Enter sends, Esc stops at once.
 
 The answer is written to the store while it streams (`AnswerWriter`), so a crash leaves it in
 the history marked interrupted; Stop keeps the partial answer, marked interrupted too. Every
-answer shows its speed figures. All HTTP goes through `podlab.core.chat.ChatClient`.
+answer shows its speed figures. All HTTP goes through `podlab.core.chat.client.ChatClient`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.chat import (
+from podlab.core.chat.client import (
     ChatClient,
     Done,
     Error,
@@ -59,7 +59,7 @@ from podlab.core.chat import (
     Token,
     normalize_base_url,
 )
-from podlab.core.conversations import Conversation, ConversationStore, SearchHit
+from podlab.core.chat.conversations import Conversation, ConversationStore, SearchHit
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text

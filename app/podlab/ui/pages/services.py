@@ -55,12 +55,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.container_spec import PODLAB_SERVER_IMAGE, ServiceOptions
-from podlab.core.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
 from podlab.core.lab import Lab
-from podlab.core.services import ENGINE_CHOICES, InferenceService, ServiceEvent, ServiceState
-from podlab.core.snippets import Snippet, snippets
-from podlab.core.store import PARTIAL, StoredModel
+from podlab.core.models.store import PARTIAL, StoredModel
+from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE, ServiceOptions
+from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
+from podlab.core.serving.services import (
+    ENGINE_CHOICES,
+    InferenceService,
+    ServiceEvent,
+    ServiceState,
+)
+from podlab.core.serving.snippets import Snippet, snippets
 from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.service_bridge import (

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.chat import Metrics
+from podlab.core.chat.client import Metrics
 from podlab.ui.widgets.markdown_view import MarkdownView
 
 ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System prompt"}

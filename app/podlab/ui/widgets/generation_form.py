@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.chat import ChatClient, GenerationParams, normalize_base_url
+from podlab.core.chat.client import ChatClient, GenerationParams, normalize_base_url
 from podlab.core.errors import PodlabError
 
 CUSTOM = "Custom endpoint"
