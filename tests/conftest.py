@@ -36,6 +36,13 @@ def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness
 
 
 @pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.SshServer]:
+    """A private sshd on 127.0.0.1 with a key made for this session (for ssh:// Podman)."""
+    with harness.ssh_server(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def podman_client(podman_service: harness.PodmanService) -> Iterator[Any]:
     import podman
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -130,6 +131,105 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
                 raise HarnessError("podman system service did not answer /_ping within 30 s")
             time.sleep(0.05)
         yield PodmanService(url, sock, conf, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@dataclass
+class SshServer:
+    """A private sshd on 127.0.0.1 that lets this user in with one key made for the tests."""
+
+    port: int
+    user: str
+    identity: Path
+    """The private key authorized for `user` (pass it as the engine's SSH identity)."""
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def url_for(self, socket_path: Path) -> str:
+        """A Podman URL reaching socket_path through this sshd (host key not checked: it is
+        new every session and must not be written to the user's known_hosts)."""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{socket_path}?secure=false"
+
+
+SSHD_CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {directory}/sshd.pid
+AuthorizedKeysFile {authorized_keys}
+AuthenticationMethods publickey
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+AllowStreamLocalForwarding yes
+AllowTcpForwarding local
+X11Forwarding no
+PermitTTY no
+"""
+
+
+def make_ssh_key(path: Path) -> Path:
+    """A new ed25519 key pair without passphrase (path and path.pub)."""
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        raise HarnessError("ssh-keygen is not installed: apt-get install -y openssh-client")
+    command = [keygen, "-q", "-t", "ed25519", "-N", "", "-C", "podlab-test", "-f", str(path)]
+    subprocess.run(command, check=True)
+    return path
+
+
+@contextlib.contextmanager
+def ssh_server(directory: Path) -> Iterator[SshServer]:
+    """Start sshd with its own config, host key and authorized key, all in directory.
+
+    Nothing under /etc/ssh or ~/.ssh is read or written; only /run/sshd (sshd's privilege
+    separation folder, which Debian's service unit would make) is created when missing.
+    """
+    sshd = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin")
+    if sshd is None:
+        raise HarnessError("sshd is not installed: apt-get install -y openssh-server")
+    make_ssh_key(directory / "host_key")
+    make_ssh_key(directory / "client_key")
+    authorized = directory / "authorized_keys"
+    shutil.copyfile(directory / "client_key.pub", authorized)
+    port = free_port()
+    config = directory / "sshd_config"
+    config.write_text(
+        SSHD_CONFIG.format(
+            port=port,
+            host_key=directory / "host_key",
+            directory=directory,
+            authorized_keys=authorized,
+        )
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    log_path = directory / "sshd.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                raise HarnessError(f"sshd exited with {proc.returncode}: {log_path.read_text()}")
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise HarnessError(f"sshd did not listen on port {port}: {log_path.read_text()}")
+            time.sleep(0.05)
+        user = pwd.getpwuid(os.getuid()).pw_name
+        yield SshServer(port, user, directory / "client_key", proc, log_path)
     finally:
         proc.terminate()
         try:

@@ -88,6 +88,19 @@ def test_engine_card_shows_the_real_podman_version(window, qtbot, podman_env) ->
     assert "start-service" not in page.engine_card.buttons
 
 
+def test_engine_card_shows_a_podman_reached_over_ssh(
+    window, qtbot, podman_env, ssh_server, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    url = ssh_server.url_for(podman_env.socket_path)
+    monkeypatch.setenv("CONTAINER_HOST", url)
+    monkeypatch.setenv("CONTAINER_SSHKEY", str(ssh_server.identity))
+    page = open_dashboard(window, qtbot)
+    text = page.engine_card.text()
+    assert "Podman 4." in text and url in text, text
+    assert "Reached through an SSH tunnel." in text
+    assert page.engine_card.chip.level == "ok"  # 127.0.0.1: this computer, nothing limited
+
+
 def test_engine_card_says_podman_is_not_found_and_how_to_get_it(
     window, qtbot, monkeypatch, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import pytest
 
 from podlab.core import http
 from podlab.core.chat.client import ChatClient
-from podlab.core.serving.engine import Engine
+from podlab.core.serving.podman_transport import PodmanTransport
 from tests.httpfaults import make_self_signed_cert
 
 pytestmark = pytest.mark.unit
@@ -90,10 +90,7 @@ async def test_clients_build_no_context_per_client(
             pass
     assert built == [{"cafile": str(own_ca)}]  # once, shared by the 20 clients
 
-    engine = Engine(url="unix:///nonexistent/podman.sock")
-    for url in ("unix:///nonexistent/podman.sock", "tcp://127.0.0.1:1"):
-        async with engine._http(url):
+    for url in ("unix:///nonexistent/podman.sock", "tcp://127.0.0.1:1", "https://127.0.0.1:1"):
+        async with PodmanTransport(url).http_client(timeout=3.0):  # what Engine's calls use
             pass
-    async with engine._http("https://127.0.0.1:1"):
-        pass
     assert built == [{"cafile": str(own_ca)}]

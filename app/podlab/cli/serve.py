@@ -174,6 +174,7 @@ async def _doctor(as_json: bool) -> int:
         "local": {"available": local_ok, "detail": local_text},
         "can_serve": status.available or local_ok,
     }
+    await manager.engine.aclose()  # an SSH tunnel stops now, not at exit
     if as_json:
         print_json(result)
         return 0 if result["can_serve"] else 1
@@ -182,6 +183,10 @@ async def _doctor(as_json: bool) -> int:
     print("Podman")
     if status.available:
         print(f"  ok       Podman {status.version} at {status.url} ({status.source})")
+        if status.transport == "ssh":
+            print("           reached through an SSH tunnel: every call works over it")
+        if status.limits:
+            print(f"  warning  {status.limits}")
     else:
         print(f"  PROBLEM  {status.problem}")
         if status.hint:

@@ -33,7 +33,9 @@ class Settings:
         "auto", "Where services run: Podman when found (auto), always Podman, or the local engine."
     )
     podman_url: str = _setting(
-        "", "Podman API URL (unix:///run/podman/podman.sock); empty means discover it."
+        "",
+        "Podman API URL (unix:///run/podman/podman.sock, ssh://user@host/run/podman/podman.sock "
+        "or tcp://host:port); empty means discover it.",
     )
     models_dir: str = _setting("", "Where downloaded models are stored; empty: the data folder.")
     bind_address: str = _setting(

@@ -14,9 +14,10 @@ When only the CLI exists and no socket answers, `start_user_service()` starts
 `podman system service --time=0 unix://$XDG_RUNTIME_DIR/podman/podman.sock` detached; the UI
 calls it only after the user agreed.
 
-podman-py (blocking, `requests`) is always called through `asyncio.to_thread`. Streams (image
-builds, followed logs) go over httpx's async client on the same socket, so a consumer can stop
-reading at any time.
+Every call goes over one `PodmanTransport` (unix socket, TCP, or an SSH tunnel to a unix
+socket; see podman_transport): podman-py (blocking, `requests`) is always called through
+`asyncio.to_thread`; streams (pulls, image builds, followed logs) and small JSON reads go over
+httpx's async client on the same socket, so a consumer can stop reading at any time.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 import httpx
 
 from podlab.core.errors import PodlabError
-from podlab.core.http import plain_http_context, ssl_context_for
 from podlab.core.paths import Locations
+from podlab.core.serving.podman_transport import PodmanTransport, unix_socket_path
 from podlab.core.settings import Settings
 
 T = TypeVar("T")
@@ -77,6 +78,10 @@ class EngineStatus:
     can_start_service: bool = False
     """True when `start_user_service()` may help (CLI present, no service answering)."""
     rootless: bool | None = None
+    transport: str = ""
+    """How Podlab reaches it: unix, tcp or ssh."""
+    limits: str = ""
+    """What cannot work over this connection (Podman on another host), said before it fails."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,20 +124,13 @@ def _service_hint(system: str, rootless: bool) -> str:
     return "let Podlab start it now, or enable it for good: systemctl enable --now podman.socket"
 
 
-def _unix_path(url: str) -> str | None:
-    if url.startswith("unix://"):
-        return url[len("unix://") :] or None
-    if url.startswith("http+unix://"):
-        return urllib.parse.unquote(url[len("http+unix://") :])
-    return None
-
-
-def _tcp_base(url: str) -> str | None:
-    if url.startswith("tcp://"):
-        return "http://" + url[len("tcp://") :].rstrip("/")
-    if url.startswith(("http://", "https://")):
-        return url.rstrip("/")
-    return None
+def remote_limits(host: str) -> str:
+    """What does not work when Podman runs on another host than Podlab."""
+    return (
+        f"Podman runs on {host}, not on this computer: serving a model mounts its file by path "
+        f"and publishes the port on {host}'s loopback, so models from this computer's store "
+        "cannot be served there; images, builds, pulls, logs and containers work."
+    )
 
 
 def default_rootless_socket(env: Mapping[str, str]) -> str:
@@ -152,7 +150,10 @@ class Engine:
         podman_cli: str | None = "",
         system_socket: str = ROOTFUL_SOCKET,
         locations: Locations | None = None,
+        ssh_identity: str | None = None,
     ) -> None:
+        """ssh_identity: the key file for ssh:// URLs (else a `podman system connection`'s,
+        else CONTAINER_SSHKEY, else ssh's own defaults and agent)."""
         self.settings = settings or Settings()
         self._explicit_url = url
         self._env = env
@@ -161,6 +162,9 @@ class Engine:
         self.locations = locations or Locations.default()
         self._status = EngineStatus(available=False, problem="not checked yet")
         self._client: Any = None
+        self._transport: PodmanTransport | None = None
+        self._ssh_identity = ssh_identity
+        self._transport_error: PodlabError | None = None
         self._lock = asyncio.Lock()
         self.started_service: subprocess.Popen[bytes] | None = None
         self.last_build_log: list[str] = []
@@ -188,7 +192,7 @@ class Engine:
     async def connect(self) -> EngineStatus:
         """Find Podman and check its version; never raises (the status says what is wrong)."""
         async with self._lock:
-            self._close_client()
+            await self._close_connection()
             self._status = await self._discover()
             return self._status
 
@@ -213,13 +217,18 @@ class Engine:
             status = await self._probe(url, source)
             if status is not None:
                 return status
+            failure = self._transport_error
             return EngineStatus(
                 available=False,
                 url=url,
                 source=source,
                 cli=self._cli,
-                problem=f"Podman does not answer at {url} (from {source})",
-                hint=(
+                problem=failure.message
+                if failure
+                else f"Podman does not answer at {url} (from {source})",
+                hint=failure.hint
+                if failure
+                else (
                     "start the Podman service there, or unset CONTAINER_HOST / clear the "
                     "podman_url setting to let Podlab find Podman itself"
                 ),
@@ -231,7 +240,7 @@ class Engine:
             ("rootful socket", "unix://" + self.system_socket),
         ]
         for source, url in candidates:
-            if not await asyncio.to_thread(os.path.exists, _unix_path(url) or ""):
+            if not await asyncio.to_thread(os.path.exists, unix_socket_path(url) or ""):
                 continue
             status = await self._probe(url, source)
             if status is not None:
@@ -296,13 +305,41 @@ class Engine:
         return found
 
     async def _probe(self, url: str, source: str) -> EngineStatus | None:
-        """The status of a Podman at url, or None when nothing answers there."""
+        """The status of a Podman at url, or None when nothing answers there.
+
+        A usable Podman's transport becomes this engine's; an SSH failure is kept in
+        `_transport_error` so that the status can quote ssh.
+        """
+        self._transport_error = None
         try:
-            info = await self._version_info(url)
+            transport = PodmanTransport(url, identity=self._identity_for(url))
+            await asyncio.to_thread(transport.open)
+        except PodlabError as exc:
+            self._transport_error = exc
+            return None
+        try:
+            info = await self._version_info(transport)
         except (TimeoutError, httpx.HTTPError, OSError, ValueError):
-            return None
-        if info is None:
-            return None
+            info = None
+        status = None if info is None else self._status_from_version(info, url, source)
+        if status is not None and status.available:
+            status.transport = transport.kind
+            host = transport.remote_host
+            status.limits = remote_limits(host) if host else ""
+            self._transport = transport
+        else:
+            await asyncio.to_thread(transport.close)
+        return status
+
+    def _identity_for(self, url: str) -> str | None:
+        return (
+            self._ssh_identity
+            or self._identities.get(url)
+            or self.env.get("CONTAINER_SSHKEY")
+            or None
+        )
+
+    def _status_from_version(self, info: dict[str, Any], url: str, source: str) -> EngineStatus:
         version = str(info.get("Version") or "")
         api_version = ""
         for component in info.get("Components") or []:
@@ -341,10 +378,8 @@ class Engine:
             rootless=self.rootless,
         )
 
-    async def _version_info(self, url: str) -> dict[str, Any] | None:
-        if url.startswith("ssh://") or url.startswith("http+ssh://"):
-            return await asyncio.wait_for(asyncio.to_thread(self._ssh_version, url), 20)
-        async with self._http(url, timeout=3.0) as client:
+    async def _version_info(self, transport: PodmanTransport) -> dict[str, Any] | None:
+        async with transport.http_client(timeout=3.0) as client:
             ping = await client.get("/_ping")
             if ping.status_code != 200:
                 return None
@@ -363,33 +398,11 @@ class Engine:
             data = response.json()
             return data if isinstance(data, dict) else None
 
-    def _ssh_version(self, url: str) -> dict[str, Any] | None:
-        import podman
-
-        with podman.PodmanClient(**self._client_kwargs(url)) as client:
-            data = cast(Any, client).version()
-            return data if isinstance(data, dict) else None
-
-    def _http(self, url: str | None = None, timeout: float | None = 30.0) -> httpx.AsyncClient:
-        url = url or self._status.url
-        if not url:
-            raise PodlabError("Podman is not connected", "run podlab doctor")
-        # Shared TLS contexts (core.http): none is built per client, and a plain-HTTP one (a
-        # unix socket, tcp://) loads no certificates; verification is never turned off.
-        path = _unix_path(url)
-        if path is not None:
-            plain = plain_http_context()
-            transport = httpx.AsyncHTTPTransport(uds=path, verify=plain)
-            return httpx.AsyncClient(
-                transport=transport, base_url="http://d", timeout=timeout, verify=plain
-            )
-        base = _tcp_base(url)
-        if base is not None:
-            return httpx.AsyncClient(base_url=base, timeout=timeout, verify=ssl_context_for(base))
-        raise PodlabError(
-            f"streaming over {url.split(':', 1)[0]} connections is not supported",
-            hint="use the Podman machine's local unix socket (podman machine inspect)",
-        )
+    def _http(self, timeout: float | None = 30.0) -> httpx.AsyncClient:
+        """An async client on the connected transport (streams and small JSON reads)."""
+        if self._transport is None:
+            raise PodlabError(self._status.problem or "Podman is not connected", self._status.hint)
+        return self._transport.http_client(timeout)
 
     # ----------------------------------------------------------------- the user service
 
@@ -422,12 +435,12 @@ class Engine:
                     hint=text.strip().splitlines()[-1] if text.strip() else "",
                 )
             if await asyncio.to_thread(sock.exists):
-                status = await self._probe(url, "started by Podlab")
-                if status is not None:
-                    async with self._lock:
-                        self._close_client()
+                async with self._lock:
+                    await self._close_connection()
+                    status = await self._probe(url, "started by Podlab")
+                    if status is not None:
                         self._status = status
-                    return status
+                        return status
             await asyncio.sleep(0.1)
         raise PodlabError(
             f"podman system service did not answer on {sock} within {wait_s:.0f} s",
@@ -464,17 +477,13 @@ class Engine:
         """The podman-py client (blocking: call it through `call`)."""
         if not self._status.available or not self._status.url:
             raise PodlabError(self._status.problem or "Podman is not connected", self._status.hint)
+        if self._transport is None:
+            raise PodlabError("Podman is not connected", "run podlab doctor")
         if self._client is None:
             import podman
 
-            self._client = podman.PodmanClient(**self._client_kwargs(self._status.url))
+            self._client = podman.PodmanClient(base_url=self._transport.podman_py_url)
         return self._client
-
-    def _client_kwargs(self, url: str) -> dict[str, str]:
-        kwargs = {"base_url": url}
-        if url in self._identities:
-            kwargs["identity"] = self._identities[url]
-        return kwargs
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking podman-py call in a worker thread, mapping its errors."""
@@ -485,14 +494,18 @@ class Engine:
         except Exception as exc:
             raise _map_error(exc, self._status.url) from exc
 
-    def _close_client(self) -> None:
+    async def _close_connection(self) -> None:
+        """Drop the podman-py client and the transport (an SSH tunnel stops)."""
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            await asyncio.to_thread(transport.close)
 
     async def aclose(self) -> None:
-        self._close_client()
+        await self._close_connection()
 
     async def image_exists(self, ref: str) -> bool:
         client = self.client()

@@ -451,8 +451,13 @@ class DashboardPage(QWidget):
             card.set_status("ok", "Running")
             card.add_text(f"Podman {status.version}")
             card.add_text(f"API socket: {status.url}", muted=True)
+            if status.transport == "ssh":
+                card.add_text("Reached through an SSH tunnel.", muted=True)
             if status.source:
                 card.add_text(f"Found through: {status.source}", muted=True)
+            if status.limits:
+                card.set_status("warning", "Remote")
+                card.add_text(status.limits)
             card.add_text(
                 "Services run in containers with ports published on "
                 f"{self._lab.settings.bind_address}.",
