@@ -778,10 +778,8 @@ def _api_message(body: str) -> str:
 
 def _map_error(exc: Exception, url: str | None) -> PodlabError:
     """podman-py / requests errors as one clear line for people."""
-    try:
-        from podman import errors as perrors
-    except ImportError:  # pragma: no cover - podman-py is a dependency
-        return PodlabError(str(exc))
+    from podman import errors as perrors
+
     if isinstance(exc, perrors.ImageNotFound):
         return PodlabError(
             f"image not found: {exc}",
