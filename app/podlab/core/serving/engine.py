@@ -43,7 +43,7 @@ import httpx
 
 from podlab.core.errors import PodlabError
 from podlab.core.http import plain_http_context, ssl_context_for
-from podlab.core.paths import Locations
+from podlab.core.paths import Locations, open_private_log
 from podlab.core.settings import Settings
 
 T = TypeVar("T")
@@ -408,7 +408,6 @@ class Engine:
             sock = Path(self.system_socket)
         sock.parent.mkdir(parents=True, exist_ok=True)
         log_dir = self.locations.log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
         url = f"unix://{sock}"
         self.started_service = await asyncio.to_thread(
             self._spawn_service, url, log_dir / "podman-service.log"
@@ -436,7 +435,7 @@ class Engine:
 
     def _spawn_service(self, url: str, log_path: Path) -> subprocess.Popen[bytes]:
         assert self._cli is not None
-        with log_path.open("ab") as log:
+        with open_private_log(log_path) as log:
             return subprocess.Popen(
                 [self._cli, "system", "service", "--time=0", url],
                 stdin=subprocess.DEVNULL,
