@@ -371,7 +371,7 @@ class AttemptLoop:
 
     def _receive(self, response: httpx.Response, loop: asyncio.AbstractEventLoop) -> None:
         """Read the body and append it to the partial, in order (the worker thread); what is
-        written is hashed alongside (`_HashFeed`).
+        written is hashed alongside (`HashFeed`).
 
         Progress reaches the event loop through the meter, read by its ticker;
         only the end of a stall is sent over, once, since it changes the state.
