@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
@@ -259,13 +258,6 @@ def ensure_base_image(containers_conf: Path) -> str:
         )
         subprocess.run([podman, "import", str(tarball), BASE_IMAGE], env=env, check=True)
     return BASE_IMAGE
-
-
-def build_volumes_for_host_ca() -> dict[str, dict[str, str]]:
-    """The host CA bundle, read-only, for builds that reach PyPI over HTTPS."""
-    if not HOST_CA_BUNDLE.exists():
-        raise HarnessError(f"{HOST_CA_BUNDLE} is missing: apt-get install -y ca-certificates")
-    return {str(HOST_CA_BUNDLE): {"bind": str(HOST_CA_BUNDLE), "mode": "ro"}}
 
 
 def smollm2_path() -> Path:

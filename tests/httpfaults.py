@@ -25,10 +25,8 @@ import contextlib
 import datetime
 import hashlib
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -389,21 +387,7 @@ def make_self_signed_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Pat
     """A certificate and key for `host`, trusted by nobody: (certfile, keyfile)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    try:
-        _self_signed_with_cryptography(cert_file, key_file, host)
-    except ImportError:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise RuntimeError("need the cryptography package or the openssl command") from None
-        subprocess.run(
-            [
-                *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-                *("-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}"),
-                *("-keyout", str(key_file), "-out", str(cert_file)),
-            ],
-            check=True,
-            capture_output=True,
-        )
+    _self_signed_with_cryptography(cert_file, key_file, host)
     return cert_file, key_file
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from podlab.core.paths import Locations
-from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, PODLAB_SERVER_IMAGE
+from podlab.core.serving.container_spec import LABEL_SERVICE_ID, PODLAB_SERVER_IMAGE
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.services import ServiceManager, build_model_server_image
@@ -79,14 +79,6 @@ def model_server_image(
     lines = asyncio.run(build())
     print(f"model server image built in {time.monotonic() - started:.1f} s ({len(lines)} lines)")
     return PODLAB_SERVER_IMAGE
-
-
-def remove_podlab_containers(client: Any) -> None:
-    """Remove every Podlab container. Container storage is shared by every Podman service on
-    the machine, so prefer `remove_services` when other test sessions may run at the same time."""
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"}):
-        with contextlib.suppress(Exception):
-            container.remove(force=True, v=True)
 
 
 def remove_services(client: Any, service_ids: set[str]) -> None:

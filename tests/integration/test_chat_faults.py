@@ -696,7 +696,7 @@ async def test_https_is_always_verified_against_ssl_cert_file(
         https.serve("/v1/models", json.dumps({"data": [{"id": "tls-model"}]}).encode())
         assert https.url("/v1").startswith("https://127.0.0.1:")
 
-        monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # certifi: does not know this one
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the system store knows it not
         async with ChatClient(https.url("/v1")) as client:
             with pytest.raises(PodlabError, match=r"(?i)certificate"):
                 await client.list_models()

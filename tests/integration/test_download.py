@@ -32,6 +32,7 @@ from podlab.core.models.download import (
     DownloadProgress,
     DownloadState,
     auth_headers,
+    fastread,
     resolve_url,
     server_sha256,
 )
@@ -489,6 +490,68 @@ async def test_tls_failure_is_clear_and_never_retried_insecurely(
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         result = await Download(https.url("/f"), dest, sha256=SHA, **FAST).run()
         assert result.sha256 == SHA
+
+
+# -- the fast read path (core/models/download/fastread.py) --------------------------------------
+
+HTTPCORE_READ = 64 * 1024
+"""What httpcore asks of the socket per read on its own."""
+
+
+def spy_on_fast_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the bytes each read of the fast path returns; the real read still runs. The first
+    read pauses a little, so that the server fills the socket buffer meanwhile."""
+    sizes: list[int] = []
+    for stream in (fastread.LargeReadStream, fastread.TLSRecordsStream):
+        original = stream.read
+
+        def read(
+            self: Any, max_bytes: int, timeout: float | None = None, original: Any = original
+        ) -> bytes:
+            data: bytes = original(self, max_bytes, timeout)
+            if not sizes:
+                time.sleep(0.1)
+            sizes.append(len(data))
+            return data
+
+        monkeypatch.setattr(stream, "read", read)
+    return sizes
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_the_fast_read_path_carries_a_real_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: bool
+):
+    sizes = spy_on_fast_reads(monkeypatch)
+    data = os.urandom(8 << 20)
+    context = None
+    if tls:
+        cert, key = make_self_signed_cert(tmp_path / "tls")
+        context = server_ssl_context(cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with FaultServer(ssl_context=context) as running:
+        running.serve("/big", data)
+        dest = tmp_path / "big.bin"
+        digest = hashlib.sha256(data).hexdigest()
+        result = await Download(running.url("/big"), dest, sha256=digest, **FAST).run()
+    assert result.sha256 == digest and dest.read_bytes() == data
+    assert sum(sizes) > len(data)  # every byte of the body (and the head) came through it
+    assert max(sizes) > HTTPCORE_READ  # and it read more at once than httpcore would
+
+
+@pytest.mark.parametrize("internal", ["TRANSPORT_HOOK", "POOL_ATTRIBUTE"])
+async def test_without_the_httpx_internals_downloads_work_the_plain_way(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internal: str
+):
+    """A later httpx without the method or attribute the fast path replaces: plain httpx."""
+    monkeypatch.setattr(fastread, internal, "_not_in_this_httpx")
+    sizes = spy_on_fast_reads(monkeypatch)
+    server.serve("/f", DATA, [cut(300_000), ok()])
+    dest = tmp_path / "f.bin"
+    result = await Download(server.url("/f"), dest, sha256=SHA, **FAST).run()
+    assert dest.read_bytes() == DATA and result.attempts == 2 and result.resumed_from == 0
+    assert ranges(server)[1] is not None  # the second attempt resumed with a Range request
+    assert sizes == []  # httpx's own reads carried it all
 
 
 # -- cancel and the manager ----------------------------------------------------------------------

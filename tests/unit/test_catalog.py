@@ -87,9 +87,6 @@ def test_bundled_catalog_loads_without_errors(user_dir: Path) -> None:
         assert expected in ids
     embedders = [m for m in catalog if "embedding" in m.capabilities]
     assert len(embedders) >= 2
-    assert set(catalog.recipes) == {"chatbot", "rag", "summarizer"}
-    for recipe in catalog.recipes.values():
-        assert all(model_id in catalog for model_id in recipe.recommended)
 
 
 def test_bundled_variants_are_pinned_and_checkable(user_dir: Path) -> None:
@@ -219,15 +216,8 @@ def test_podman_ai_lab_json_loads_and_merges(user_dir: Path) -> None:
     # Emoji written as JSON surrogate escapes come through intact.
     reasoning = catalog.model("hf.microsoft.Phi-4-mini-reasoning")
     assert reasoning is not None and "\U0001f4f0" in reasoning.description
-
-    # Its recipes and categories load too, and replace the bundled ones with the same id.
-    assert len(catalog.recipes) == len(raw["recipes"])
-    chatbot = catalog.recipe("chatbot")
-    assert chatbot is not None and chatbot.source == str(copy)
-    assert chatbot.basedir == "recipes/natural_language_processing/chatbot"
-    stack = catalog.recipe("chatbot-llama-stack")
-    assert stack is not None and stack.recommended == () and stack.backend == "llama-stack"
-    assert "multimodal" in catalog.categories
+    # Its recipes and categories are accepted without a word (the only error is the one above).
+    assert raw["recipes"] and raw["categories"]
 
 
 def test_json_error_lines_survive_tab_indentation(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from podlab import __version__
 from podlab.core.errors import PodlabError
+from podlab.core.paths import Locations, tighten_private_files
 
 # Modules under podlab.cli that add subcommands; each has register(subparsers).
 COMMAND_MODULES: tuple[str, ...] = ("catalog", "models", "serve", "chat")
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return EXIT_USAGE
+    tighten_private_files(Locations.default())
     try:
         return handler(args)
     except PodlabError as exc:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from podlab.core.paths import Locations
+from podlab.core.paths import Locations, tighten_private_files
 from podlab.core.settings import LoadedSettings, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ class Lab:
     @classmethod
     def open(cls, locations: Locations | None = None) -> Lab:
         locations = locations or Locations.default()
+        tighten_private_files(locations)
         return cls(locations=locations, loaded_settings=load_settings(locations.settings_file))
 
     @property

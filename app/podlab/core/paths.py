@@ -1,15 +1,27 @@
-"""Where Podlab keeps its files, following platformdirs (and so the XDG_* variables on Linux)."""
+"""Where Podlab keeps its files, following platformdirs (and so the XDG_* variables on Linux).
+
+Podlab's folders hold private things: conversations and votes, settings, service records (which
+will hold API keys) and logs. So its folders are created readable by the user alone (0700) and
+its files so too (0600), whatever the umask, with the helpers below; `tighten_private_files`
+fixes what an earlier version left open, at every start. Downloaded models are the exception:
+containers that run as other users read them, so the models folder keeps its own modes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 
 APP_NAME = "podlab"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,10 @@ class Locations:
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        return (self.config_dir, self.data_dir, self.state_dir, self.cache_dir)
+
     @classmethod
     def default(cls) -> Locations:
         """Read fresh each call so that tests and users can change XDG_* at run time."""
@@ -54,13 +70,72 @@ class Locations:
         )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def private_dir(path: Path) -> Path:
+    """Create the folder `path` readable by the user alone, with any missing parents; an
+    existing one is tightened (existing parents are left as they are)."""
+    missing: list[Path] = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile, by another thread
+            folder.mkdir(PRIVATE_DIR_MODE)
+    _make_private(path)
+    return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def private_file(path: Path) -> Path:
+    """Create the file `path` (empty) readable by the user alone, in a private folder; an
+    existing one is tightened and kept. For files that others open by name (SQLite)."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+    _make_private(path)
+    return path
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open a log file for appending, created readable by the user alone, in a private folder."""
+    private_file(path)
+    return path.open("ab")
+
+
+def tighten_private_files(locations: Locations) -> None:
+    """Make Podlab's folders and files readable by the user alone where they are not (made by
+    an earlier version, or copied in); the models folder and symbolic links are left alone."""
+    for root in locations.roots:
+        for folder, subfolders, files in os.walk(root):
+            current = Path(folder)
+            _make_private(current)
+            subfolders[:] = [name for name in subfolders if current / name != locations.models_dir]
+            for name in files:
+                _make_private(current / name)
+
+
+def _make_private(path: Path) -> None:
+    """Take the group's and others' permissions away from a file or folder (links untouched)."""
+    try:
+        mode = path.lstat().st_mode
+        if (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and mode & 0o077:
+            path.chmod(stat.S_IMODE(mode) & 0o700)
+    except OSError:  # gone meanwhile, or someone else's: nothing Podlab may change
+        pass
+
+
+def atomic_write_text(path: Path, text: str, *, private: bool = False) -> None:
+    """Write a file so that a crash leaves either the old or the new content, never half.
+
+    The file is readable by the user alone (as mkstemp makes it); `private` makes a missing
+    folder so too (`private_dir`).
+    """
+    atomic_write_bytes(path, text.encode("utf-8"), private=private)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> None:
+    if private:
+        private_dir(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

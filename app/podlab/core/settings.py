@@ -185,5 +185,5 @@ def save_settings(loaded: LoadedSettings, *, overwrite_broken: bool = False) -> 
     import yaml
 
     text = yaml.safe_dump(loaded.settings.to_dict(), sort_keys=False, allow_unicode=True)
-    atomic_write_text(loaded.path, text)
+    atomic_write_text(loaded.path, text, private=True)
     loaded.errors.clear()

@@ -685,10 +685,6 @@ class IncrementalRenderer:
         self.stats = RenderStats()
         document.setUndoRedoEnabled(False)
 
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
-
     def append(self, text: str) -> None:
         if self.finished:
             raise RuntimeError("the message is finished; it is never changed again")

@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
 
 from podlab.core.lab import Lab
 from podlab.core.serving.container_spec import ServiceOptions
-from podlab.core.serving.gpu import GpuReport, PassthroughPlan, plan_passthrough
 from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceManager
 from podlab.core.tasks import Task
 
@@ -78,11 +77,6 @@ class ServiceBridge(QObject):
             services = await self.manager.list_services()
         self.sig_services_listed.emit(services)
         return services
-
-    async def gpu_plan(self, gpu: str) -> tuple[GpuReport, PassthroughPlan]:
-        """What asking for `gpu` (auto, none, nvidia, amd, intel) would give a new service."""
-        report = await self.manager.gpu_report()
-        return report, plan_passthrough(report, gpu)
 
     # -- work as tasks -----------------------------------------------------------------------
 

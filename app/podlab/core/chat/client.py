@@ -539,10 +539,6 @@ class ChatClient:
         key = ", api_key=<set>" if self._api_key else ""
         return f"ChatClient({self.base_url!r}{key})"
 
-    @property
-    def has_api_key(self) -> bool:
-        return self._api_key is not None
-
     async def __aenter__(self) -> ChatClient:
         return self
 

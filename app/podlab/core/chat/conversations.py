@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from podlab.core.errors import PodlabError
+from podlab.core.paths import private_file
 
 __all__ = [
     "MESSAGE_STATES",
@@ -181,7 +182,7 @@ class ConversationStore:
     def __init__(self, path: Path | str, *, use_fts: bool | None = None) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(

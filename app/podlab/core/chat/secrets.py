@@ -55,11 +55,9 @@ class Secret(str):
 
 
 def _keyring_backend() -> object | None:
-    try:
-        import keyring
-        from keyring.backends import fail
-    except ImportError:
-        return None
+    import keyring  # imported on first use: finding the backend takes a while
+    from keyring.backends import fail
+
     try:
         backend = keyring.get_keyring()
     except Exception:

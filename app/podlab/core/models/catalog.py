@@ -2,10 +2,11 @@
 
 Two file formats are read:
 
-- Podlab's own (`version: 1`): models with one variant per downloadable file, recipes and
-  categories. See the comment at the top of `resources/catalog.yaml`.
+- Podlab's own (`version: 1`): models with one variant per downloadable file. See the comment
+  at the top of `resources/catalog.yaml`.
 - Podman AI Lab's JSON catalog (`version: "1.0"`): each of its models becomes a model with a
-  single variant, its recipes and categories are read as they are.
+  single variant. Its `recipes` and `categories` are accepted and not read (recipes run from
+  the folders under recipes/).
 
 Files are merged by id in order: bundled, the user's folder (sorted by name), then extra files;
 a later entry replaces an earlier one. A broken file never hides the others: an entry with a
@@ -72,27 +73,11 @@ MODEL_FIELDS = frozenset(
         "memory",
     }
 )
+AI_LAB_UNREAD = ("recipes", "categories")
+"""Top-level lists of Podman AI Lab's catalog that Podlab accepts and does not read."""
 VARIANT_FIELDS = frozenset(
     {"id", "url", "file_name", "quantization", "sha256", "size", "memory", "source"}
 )
-RECIPE_FIELDS = frozenset(
-    {
-        "id",
-        "name",
-        "categories",
-        "description",
-        "repository",
-        "readme",
-        "ref",
-        "icon",
-        "basedir",
-        "recommended",
-        "backend",
-        "languages",
-        "frameworks",
-    }
-)
-CATEGORY_FIELDS = frozenset({"id", "name", "description"})
 AI_LAB_MODEL_FIELDS = frozenset(
     {
         "id",
@@ -109,64 +94,11 @@ AI_LAB_MODEL_FIELDS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Category:
-    """A group of recipes (natural language processing, audio, ...)."""
-
-    id: str
-    name: str
-    description: str = ""
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class RecipeInfo:
-    """A recipe's catalog entry; the recipe itself (ai-lab.yaml) lives in its repository."""
-
-    id: str
-    name: str
-    categories: tuple[str, ...]
-    description: str
-    repository: str
-    """https:// URL of the git repository."""
-    readme: str = ""
-    ref: str | None = None
-    icon: str | None = None
-    basedir: str | None = None
-    """Folder of the repository that holds `ai-lab.yaml`; relative, never leaves the checkout."""
-    recommended: tuple[str, ...] = ()
-    """Model ids listed first and marked as recommended."""
-    backend: str | None = None
-    languages: tuple[str, ...] = ()
-    frameworks: tuple[str, ...] = ()
-    source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "categories": list(self.categories),
-            "description": self.description,
-            "repository": self.repository,
-            "readme": self.readme,
-            "ref": self.ref,
-            "icon": self.icon,
-            "basedir": self.basedir,
-            "recommended": list(self.recommended),
-            "backend": self.backend,
-            "languages": list(self.languages),
-            "frameworks": list(self.frameworks),
-            "source": self.source,
-        }
-
-
 @dataclass
 class Catalog:
-    """Models, recipes and categories by id, in the order they were first defined."""
+    """Models by id, in the order they were first defined."""
 
     models: dict[str, ModelInfo] = field(default_factory=dict)
-    recipes: dict[str, RecipeInfo] = field(default_factory=dict)
-    categories: dict[str, Category] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[ModelInfo]:
         return iter(self.models.values())
@@ -179,9 +111,6 @@ class Catalog:
 
     def model(self, model_id: str) -> ModelInfo | None:
         return self.models.get(model_id)
-
-    def recipe(self, recipe_id: str) -> RecipeInfo | None:
-        return self.recipes.get(recipe_id)
 
     def find_variant(self, ref: str) -> tuple[ModelInfo, ModelVariant] | None:
         """Resolve "model-id" (its default variant), "model-id:QUANT" or a variant id."""
@@ -700,67 +629,12 @@ def _ai_lab_model(entry: _V, path: str, errors: list[ConfigError]) -> ModelInfo:
     )
 
 
-def _recipe(entry: _V, path: str, errors: list[ConfigError]) -> RecipeInfo:
-    if not isinstance(entry.value, dict):
-        raise _Bad(entry.line, f"a recipe must be a mapping, not {_type_name(entry.value)}")
-    recipe_id = _required_id(entry, "recipe id")
-    repository = _str(entry, "repository", required=True)
-    assert repository is not None
-    repo_parts = urlsplit(repository)
-    if repo_parts.scheme != "https" or not repo_parts.hostname:
-        raise _Bad(
-            _line(entry, "repository"),
-            f"repository '{repository}' must be an https:// git URL",
-        )
-    basedir = _str(entry, "basedir")
-    if basedir is not None:
-        parts = PurePosixPath(basedir).parts
-        if basedir.startswith(("/", "\\")) or "\\" in basedir or ".." in parts:
-            raise _Bad(
-                _line(entry, "basedir"),
-                f"basedir '{basedir}' must be a relative path inside the repository",
-            )
-    name = _str(entry, "name", required=True)
-    description = _str(entry, "description", required=True)
-    assert name is not None and description is not None
-    _unknown_fields(entry, RECIPE_FIELDS, f"recipe '{recipe_id}'", path, errors)
-    return RecipeInfo(
-        id=recipe_id,
-        name=name,
-        categories=_str_list(entry, "categories"),
-        description=description,
-        repository=repository,
-        readme=_str(entry, "readme") or "",
-        ref=_str(entry, "ref"),
-        icon=_str(entry, "icon"),
-        basedir=basedir,
-        recommended=_str_list(entry, "recommended"),
-        backend=_str(entry, "backend"),
-        languages=_str_list(entry, "languages"),
-        frameworks=_str_list(entry, "frameworks"),
-        source=path,
-    )
-
-
-def _category(entry: _V, path: str, errors: list[ConfigError]) -> Category:
-    if not isinstance(entry.value, dict):
-        raise _Bad(entry.line, f"a category must be a mapping, not {_type_name(entry.value)}")
-    category_id = _str(entry, "id", required=True)
-    name = _str(entry, "name", required=True)
-    assert category_id is not None and name is not None
-    _safe(_line(entry, "id"), category_id, "category id")
-    _unknown_fields(entry, CATEGORY_FIELDS, f"category '{category_id}'", path, errors)
-    return Category(category_id, name, _str(entry, "description") or "", path)
-
-
 # --- files ----------------------------------------------------------------------------------
 
 
 @dataclass
 class _FileEntries:
     models: list[ModelInfo] = field(default_factory=list)
-    recipes: list[RecipeInfo] = field(default_factory=list)
-    categories: list[Category] = field(default_factory=list)
 
 
 def _entries(
@@ -847,12 +721,10 @@ def parse_catalog_text(text: str, path: str, errors: list[ConfigError]) -> _File
         )
         return None
     for key, child in root.value.items():
-        if key not in ("version", "models", "recipes", "categories"):
+        if key not in ("version", "models", *AI_LAB_UNREAD):
             errors.append(ConfigError(path, child.line, f"unknown top-level field '{key}' ignored"))
     return _FileEntries(
         models=_entries(root, "models", path, errors, model_builder, "model"),
-        recipes=_entries(root, "recipes", path, errors, _recipe, "recipe"),
-        categories=_entries(root, "categories", path, errors, _category, "category"),
     )
 
 
@@ -916,10 +788,6 @@ def load_catalog(
             continue
         for model in entries.models:
             catalog.models[model.id] = model
-        for recipe in entries.recipes:
-            catalog.recipes[recipe.id] = recipe
-        for category in entries.categories:
-            catalog.categories[category.id] = category
     _check_variant_ids(catalog, result.errors)
     return result
 

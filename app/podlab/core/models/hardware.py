@@ -18,13 +18,12 @@ Thresholds (also in the constants below):
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
 from podlab.core.serving.gpu import GIB, GpuInfo, HostProbe, detect_gpus
@@ -120,13 +119,6 @@ class HostFacts:
     """GPU and CPU share one memory (Apple): the GPU's budget is the RAM."""
 
 
-def _psutil() -> Any:
-    try:
-        return importlib.import_module("psutil")
-    except ImportError:
-        return None
-
-
 def _meminfo(probe: HostProbe) -> tuple[int, int] | None:
     text = probe.read_text("/proc/meminfo")
     if not text:
@@ -160,7 +152,7 @@ def _cpuinfo(probe: HostProbe) -> tuple[str | None, int]:
 
 def read_host_facts(probe: HostProbe | None = None, gpus: list[GpuInfo] | None = None) -> HostFacts:
     """CPU, RAM and GPUs of the host. RAM from /proc/meminfo (under the probe's root), else
-    psutil when installed, else `sysctl hw.memsize` on macOS. Pass `gpus` to reuse a report."""
+    psutil for this host, else `sysctl hw.memsize` on macOS. Pass `gpus` to reuse a report."""
     probe = probe or HostProbe()
     root = probe.root.resolve()
     real_host = root == Path(root.anchor)
@@ -176,8 +168,9 @@ def read_host_facts(probe: HostProbe | None = None, gpus: list[GpuInfo] | None =
 
     memory = _meminfo(probe)
     if memory is None:
-        psutil = _psutil() if real_host else None
-        if psutil is not None:
+        if real_host:
+            import psutil  # only where /proc/meminfo is missing (macOS, Windows)
+
             virtual = psutil.virtual_memory()
             memory = (int(virtual.total), int(virtual.available))
         elif probe.system == "Darwin":

@@ -139,10 +139,6 @@ class ContainerSpec:
     shm_size: str | None = None
     stop_timeout: int | None = None
 
-    @property
-    def no_new_privileges(self) -> bool:
-        return any(_is_nnp(opt) for opt in self.security_opt)
-
     def to_podman_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of podman-py's `containers.create(**kwargs)`."""
         kwargs: dict[str, Any] = {"image": self.image, "command": list(self.command)}

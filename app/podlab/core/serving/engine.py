@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from podlab.core.errors import PodlabError
-from podlab.core.paths import Locations
+from podlab.core.paths import Locations, open_private_log
 from podlab.core.serving.podman_transport import PodmanTransport, unix_socket_path
 from podlab.core.settings import Settings
 
@@ -421,7 +421,6 @@ class Engine:
             sock = Path(self.system_socket)
         sock.parent.mkdir(parents=True, exist_ok=True)
         log_dir = self.locations.log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
         url = f"unix://{sock}"
         self.started_service = await asyncio.to_thread(
             self._spawn_service, url, log_dir / "podman-service.log"
@@ -449,7 +448,7 @@ class Engine:
 
     def _spawn_service(self, url: str, log_path: Path) -> subprocess.Popen[bytes]:
         assert self._cli is not None
-        with log_path.open("ab") as log:
+        with open_private_log(log_path) as log:
             return subprocess.Popen(
                 [self._cli, "system", "service", "--time=0", url],
                 stdin=subprocess.DEVNULL,
@@ -791,10 +790,8 @@ def _api_message(body: str) -> str:
 
 def _map_error(exc: Exception, url: str | None) -> PodlabError:
     """podman-py / requests errors as one clear line for people."""
-    try:
-        from podman import errors as perrors
-    except ImportError:  # pragma: no cover - podman-py is a dependency
-        return PodlabError(str(exc))
+    from podman import errors as perrors
+
     if isinstance(exc, perrors.ImageNotFound):
         return PodlabError(
             f"image not found: {exc}",

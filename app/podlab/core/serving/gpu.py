@@ -1077,10 +1077,6 @@ def _plan_wsl(gpus: list[GpuInfo]) -> PassthroughPlan:
 _VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel"}
 
 
-def cpu_passthrough() -> Passthrough:
-    return Passthrough()
-
-
 def plan_passthrough(report: GpuReport, want: str = "auto") -> PassthroughPlan:
     """The Podman options for the GPU the user wants, and one diagnosis saying what happens.
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from podlab.core.errors import PodlabError
-from podlab.core.paths import Locations, atomic_write_text
+from podlab.core.paths import Locations, atomic_write_text, open_private_log
 
 SERVER_MODULE = "llama_cpp.server"
 REQUIRED_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
@@ -142,7 +142,8 @@ class LocalEngine:
         return self.records_dir / f"{service_id}.json"
 
     def save(self, record: LocalRecord) -> None:
-        atomic_write_text(self._record_path(record.id), json.dumps(record.to_dict(), indent=2))
+        text = json.dumps(record.to_dict(), indent=2)
+        atomic_write_text(self._record_path(record.id), text, private=True)
 
     def records(self) -> list[LocalRecord]:
         found: list[LocalRecord] = []
@@ -197,11 +198,9 @@ class LocalEngine:
 
     def spawn(self, record: LocalRecord) -> int:
         """Start the record's command detached (own session), logging to its log file."""
-        log_path = Path(record.log_path)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        with log_path.open("ab") as log:
+        with open_private_log(Path(record.log_path)) as log:
             log.write(f"podlab: {' '.join(record.command)}\n".encode())
             log.flush()
             try:

@@ -160,10 +160,6 @@ class CatalogTableModel(QAbstractTableModel):
         self._sort_spec = (column, order)
         self._resort()
 
-    @property
-    def sort_spec(self) -> tuple[int, Qt.SortOrder]:
-        return self._sort_spec
-
     def _sorted_rows(self) -> list[_Row]:
         column, order = self._sort_spec
         if column < 0:
@@ -199,9 +195,6 @@ class CatalogTableModel(QAbstractTableModel):
     def row_of(self, model_id: str) -> int:
         """The source row of a model id, or -1."""
         return self._row_of.get(model_id, -1)
-
-    def model_at(self, row: int) -> ModelInfo | None:
-        return self._rows[row].model if 0 <= row < len(self._rows) else None
 
     def row_record(self, row: int) -> _Row:
         return self._rows[row]
@@ -549,12 +542,6 @@ class CatalogFilterProxy(QSortFilterProxyModel):
     def update(self, **changes: object) -> None:
         """Change some filter values: `proxy.update(text="qwen", fits_only=True)`."""
         self.set_filter(dataclasses.replace(self._filter, **changes))  # type: ignore[arg-type]
-
-    def refilter(self) -> None:
-        """Decide again after the source's states changed (downloads, fits)."""
-        self._begin_filter_change()
-        self._seen = (-1, -1)
-        self._end_filter_change()
 
     def _begin_filter_change(self) -> None:
         if hasattr(self, "beginFilterChange"):  # Qt 6.10+

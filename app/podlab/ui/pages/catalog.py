@@ -654,15 +654,6 @@ class CatalogPage(QWidget):
         """Select a model's row (if the filters show it); True when selected."""
         return select_source_row(self.table, self.proxy, self.source.row_of(model_id))
 
-    def visible_model_ids(self) -> list[str]:
-        """Model ids in the order the table shows them."""
-        ids = []
-        for row in range(self.proxy.rowCount()):
-            model = self.proxy.data(self.proxy.index(row, 0), MODEL_ROLE)
-            if isinstance(model, ModelInfo):
-                ids.append(model.id)
-        return ids
-
     def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         model = self.proxy.data(current, MODEL_ROLE) if current.isValid() else None
         self.details.show_model(model if isinstance(model, ModelInfo) else None)

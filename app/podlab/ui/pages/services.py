@@ -73,7 +73,6 @@ from podlab.ui.service_bridge import (
     ServiceBridge,
     ask,
     exec_dialog,
-    open_dialog,
     service_bridge_for,
 )
 from podlab.ui.throttle import Throttle
@@ -1172,10 +1171,6 @@ class ServicesPage(QWidget):
         status_bar = getattr(self.window(), "statusBar", None)
         if callable(status_bar):
             status_bar().showMessage(text, 10000)
-
-    def show_message(self, title: str, text: str, hint: str = "") -> None:
-        box = MessageDialog(self, title, text, hint, level="warning")
-        open_dialog(box)
 
 
 # -- serving a model from another page (Catalog, Models) ---------------------------------------
