@@ -25,8 +25,10 @@ from typing import Any, Literal
 
 from podlab.core.models.store import ModelStore
 from podlab.core.serving.crash import (
+    CPU_FAULT_SIGNALS,
     crash_fix,
     describe_exit,
+    portable_rebuild_command,
     signal_meaning,
     signal_name,
     signal_of,
@@ -69,6 +71,9 @@ class SelfTestResult:
     signal_name: str | None = None
     log_tail: str = ""
     fix: str = ""
+    """What to do, in words (with the command in it)."""
+    fix_command: str = ""
+    """The command alone, for a "Copy" button."""
     seconds: float = 0.0
 
     @property
@@ -92,6 +97,7 @@ class SelfTestResult:
             "signal_name": self.signal_name,
             "log_tail": self.log_tail,
             "fix": self.fix,
+            "fix_command": self.fix_command,
             "seconds": round(self.seconds, 3),
         }
 
@@ -194,6 +200,7 @@ async def run_selftest(
             seconds=seconds,
         )
     number = signal_of(code)
+    version = _llama_version()
     summary = describe_exit(code)
     meaning = signal_meaning(number)
     if meaning:
@@ -206,7 +213,10 @@ async def run_selftest(
         signal=number,
         signal_name=None if number is None else signal_name(number),
         log_tail=tail,
-        fix=crash_fix(number, python, _llama_version()),
+        fix=crash_fix(number, python, version),
+        fix_command=portable_rebuild_command(python, version)
+        if number in CPU_FAULT_SIGNALS
+        else "",
         seconds=seconds,
     )
 
