@@ -445,10 +445,12 @@ def _print_round(result: RoundResult) -> None:
                 None if m is None or m.tokens_per_s is None else f"{m.tokens_per_s:.1f}",
                 None if m is None else f"{m.total_ms / 1000:.2f}",
                 None if pane.energy_j is None else f"{pane.energy_j:.1f}",
+                None if pane.tokens_per_j is None else f"{pane.tokens_per_j:.2f}",
             ]
         )
     print_table(
-        ["pane", "model", "state", "ttft_ms", "tokens", "tok/s", "total_s", "energy_j"], rows
+        ["pane", "model", "state", "ttft_ms", "tokens", "tok/s", "total_s", "energy_j", "tok/J"],
+        rows,
     )
 
 
