@@ -41,6 +41,7 @@ Options for every streaming scenario
     strict=1            answer 400 to a request with `stream_options` (an older server);
                         strict=422: a FastAPI validation error instead
     delay=S             seconds between tokens (also `tps=R`)
+    hostile=1           http_error and error_mid: the error message carries terminal escapes
 
 Run alone: `python tests/faultserver.py [--port N]` prints its URL on the first line.
 """
@@ -88,6 +89,8 @@ SCENARIOS = (
 )
 MID_STREAM_ERROR = "model crashed: out of memory while decoding"
 HTTP_ERROR = "the model 'x' is not loaded on this server"
+HOSTILE_ERROR = "failed \x1b]0;owned\x07\x1b[31mred\x1b[0m\x9b2J here"
+"""An error message with a title-setting OSC, colours and a C1 CSI (`hostile=1`)."""
 
 
 @dataclass
@@ -340,11 +343,12 @@ class FaultServer:
             await asyncio.Event().wait()
         if scenario == "http_error":
             status = int(opts.get("status", "500"))
+            message = HOSTILE_ERROR if opts.get("hostile") == "1" else HTTP_ERROR
             if opts.get("body") == "text":
-                data = f"Internal failure: {HTTP_ERROR}\n".encode()
+                data = f"Internal failure: {message}\n".encode()
                 ctype = "text/plain"
             else:
-                error = {"error": {"code": status, "message": HTTP_ERROR, "type": "server_error"}}
+                error = {"error": {"code": status, "message": message, "type": "server_error"}}
                 data, ctype = json.dumps(error).encode(), "application/json"
             writer.write(
                 f"HTTP/1.1 {status} Error\r\nContent-Type: {ctype}\r\n"
@@ -437,7 +441,8 @@ class FaultServer:
             await stream.send("".join(pending))
 
         if scenario == "error_mid":
-            error = {"error": {"code": 500, "message": MID_STREAM_ERROR, "type": "server_error"}}
+            message = HOSTILE_ERROR if opts.get("hostile") == "1" else MID_STREAM_ERROR
+            error = {"error": {"code": 500, "message": message, "type": "server_error"}}
             await stream.send(fmt.event(json.dumps(error)))
             await stream.end()
             return True

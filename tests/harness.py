@@ -336,3 +336,30 @@ def llama_server(model: Path, log_dir: Path, n_ctx: int = 2048) -> Iterator[Llam
             proc.kill()
             proc.wait()
         log.close()
+
+
+def crashing_python(directory: Path, signum: int) -> Path:
+    """An executable that stands in for the local engine's Python: it writes a log line, then a
+    real Python process kills itself with `signum` (as a llama.cpp built for another CPU dies
+    with SIGILL or SIGSEGV at its first token). Python's faulthandler reports the signal in the
+    log when PYTHONFAULTHANDLER is set, as for a real crash."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / f"python-dies-by-{signum}"
+    script.write_text(
+        "#!/bin/sh\n"
+        "echo 'llama_model_loader: loaded meta data (test engine that crashes)' >&2\n"
+        f'exec "{sys.executable}" -c "import os; os.kill(os.getpid(), {signum})"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def gated_python(directory: Path, gate: Path) -> Path:
+    """Podlab's own Python, started only once `gate` exists (a slow engine the test controls)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "python-after-gate"
+    script.write_text(
+        f'#!/bin/sh\nwhile [ ! -e "{gate}" ]; do sleep 0.05; done\nexec "{sys.executable}" "$@"\n'
+    )
+    script.chmod(0o755)
+    return script

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from podlab import __version__
+from podlab.core.serving.local_server import PYTHON_ENV
+from tests import harness
 
 pytestmark = pytest.mark.e2e
 
@@ -36,4 +43,73 @@ def test_unknown_command_is_a_usage_error_without_traceback() -> None:
     result = podlab("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- doctor's self-test of the local engine, and serve's checks ----------------------------------
+
+
+def podlab_env(*args: str, python: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`podlab ARGS` without Podman (so the local engine is what serves), optionally with the
+    local engine run by `python`."""
+    env = {**os.environ, "CONTAINER_HOST": "unix:///nonexistent/podman.sock"}
+    if python is not None:
+        env[PYTHON_ENV] = str(python)
+    return subprocess.run(
+        [sys.executable, "-m", "podlab", *args],
+        capture_output=True, text=True, timeout=180, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_doctor_selftest_reports_tokens_per_second(smollm2_model: Path) -> None:
+    assert podlab_env("models", "import", str(smollm2_model)).returncode == 0
+    text = podlab_env("doctor")
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"self-test: local engine: ok \(\d+ tok/s\)", text.stdout), text.stdout
+    data = json.loads(podlab_env("doctor", "--json").stdout)
+    selftest = data["local"]["selftest"]
+    assert selftest["status"] == "ok" and selftest["tokens_per_s"] > 0
+    assert selftest["model"] == str(smollm2_model.resolve()) and data["can_serve"] is True
+
+
+def test_doctor_names_a_crashing_engine_by_its_signal(tmp_path: Path, smollm2_model: Path) -> None:
+    assert podlab_env("models", "import", str(smollm2_model)).returncode == 0
+    broken = harness.crashing_python(tmp_path / "bin", signal.SIGILL)
+    text = podlab_env("doctor", python=broken)
+    assert "self-test: local engine: crashed (signal 4, SIGILL)" in text.stdout, text.stdout
+    assert "test engine that crashes" in text.stdout  # the log tail
+    assert "GGML_NATIVE=OFF" in text.stdout and "network" not in text.stdout.lower()
+    assert text.returncode == 1  # no Podman and a local engine that crashes: nothing can serve
+    data = json.loads(podlab_env("doctor", "--json", python=broken).stdout)
+    selftest = data["local"]["selftest"]
+    assert (selftest["status"], selftest["signal"], selftest["signal_name"]) == (
+        "crashed",
+        4,
+        "SIGILL",
+    )
+    assert selftest["exit_code"] == -4 and str(broken) in selftest["fix_command"]
+    assert data["can_serve"] is False
+
+
+def test_doctor_selftest_timeout_is_reported(tmp_path: Path, smollm2_model: Path) -> None:
+    assert podlab_env("models", "import", str(smollm2_model)).returncode == 0
+    never = harness.gated_python(tmp_path / "bin", tmp_path / "never")
+    result = podlab_env("doctor", "--json", "--selftest-timeout", "1", python=never)
+    data = json.loads(result.stdout)
+    assert data["local"]["selftest"]["status"] == "timeout"
+    assert "timed out" in data["local"]["selftest"]["summary"]
+
+
+def test_doctor_without_a_model_says_so() -> None:
+    data = json.loads(podlab_env("doctor", "--json").stdout)
+    assert data["local"]["selftest"]["status"] == "no_model"
+    assert "no model to test with" in data["local"]["selftest"]["summary"]
+
+
+def test_serve_refuses_a_file_that_is_not_gguf(tmp_path: Path) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"<html>not a model</html>")
+    result = podlab_env("serve", str(fake), "--engine", "local", "--dry-run")
+    assert result.returncode == 1
+    assert f"{fake} is not a GGUF file (it does not start with 'GGUF')" in result.stderr
     assert "Traceback" not in result.stderr

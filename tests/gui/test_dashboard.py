@@ -6,6 +6,8 @@ tree (HostProbe's root), with a recorded nvidia-smi answer: nothing in the page 
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +18,12 @@ from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
 from podlab.core.lab import Lab
+from podlab.core.models.store import ModelStore
 from podlab.core.serving.gpu import PODLAB_CDI_SPEC_PATH, CommandResult, HostProbe
+from podlab.core.serving.local_server import PYTHON_ENV
 from podlab.ui.main_window import MainWindow
 from podlab.ui.pages.dashboard import NO_GPU_TEXT, CdiSpecDialog, DashboardPage
+from tests import harness
 
 pytestmark = pytest.mark.gui
 
@@ -266,3 +271,69 @@ def test_start_podman_service_asks_first_then_starts_the_real_service(
         assert str(tmp_path / "run" / "podman" / "podman.sock") in page.engine_card.text()
     finally:
         engine.stop_started_service()
+
+
+# -- the local engine's self-test ---------------------------------------------------------------
+
+
+def dashboard_with_engine(
+    qtbot, monkeypatch, python: Path | None, model: Path | None
+) -> DashboardPage:  # type: ignore[no-untyped-def]
+    """A window whose local engine runs `python` (Podlab's own when None), with `model`
+    imported into the store; the Dashboard shown and its first refresh done."""
+    if python is not None:
+        monkeypatch.setenv(PYTHON_ENV, str(python))
+    lab = Lab.open()
+    if model is not None:
+        ModelStore.from_settings(lab.settings).import_gguf(model)
+    win = MainWindow(lab)
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    return open_dashboard(win, qtbot)
+
+
+def test_selftest_runs_in_the_background_and_reports_tokens_per_second(
+    qtbot, qloop, monkeypatch, tmp_path: Path, smollm2_model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    gate = tmp_path / "go"
+    slow = harness.gated_python(tmp_path / "bin", gate)
+    page = dashboard_with_engine(qtbot, monkeypatch, slow, smollm2_model)
+    # The page painted and refreshed while the engine has not even started.
+    assert page.selftest is None
+    assert "Self-test: running" in page.local_card.text()
+    with qtbot.waitSignal(page.sig_selftest_done, timeout=120000) as done:
+        gate.write_text("")
+    result = done.args[0]
+    assert result.ok and result.tokens_per_s > 0, result
+    text = page.local_card.text()
+    assert re.search(r"local engine: ok \(\d+ tok/s\)", text), text
+    assert page.local_card.chip.level == "ok"
+    assert "copy-fix" not in page.local_card.buttons
+
+
+def test_a_crashing_engine_is_named_by_its_signal_with_a_fix_to_copy(
+    qtbot, qloop, monkeypatch, tmp_path: Path, smollm2_model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    broken = harness.crashing_python(tmp_path / "bin", signal.SIGILL)
+    page = dashboard_with_engine(qtbot, monkeypatch, broken, smollm2_model)
+    if page.selftest is None:
+        with qtbot.waitSignal(page.sig_selftest_done, timeout=60000):
+            pass
+    text = page.local_card.text()
+    assert "crashed (signal 4, SIGILL)" in text, text
+    assert "test engine that crashes" in text  # the log tail
+    assert page.local_card.chip.level == "error"
+    with qtbot.waitSignal(page.sig_fix_copied, timeout=5000) as copied:
+        qtbot.mouseClick(page.local_card.buttons["copy-fix"], Qt.MouseButton.LeftButton)
+    command = copied.args[0]
+    assert "GGML_NATIVE=OFF" in command and str(broken) in command
+    assert QGuiApplication.clipboard().text() == command
+
+
+def test_without_a_model_the_selftest_says_so(qtbot, qloop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    page = dashboard_with_engine(qtbot, monkeypatch, None, None)
+    if page.selftest is None:
+        with qtbot.waitSignal(page.sig_selftest_done, timeout=30000):
+            pass
+    assert "no model to test with" in page.local_card.text()
+    assert page.local_card.chip.level == "ok"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
 from pathlib import Path
 
 import httpx
@@ -13,12 +14,15 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
+from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
 from podlab.core.serving.engine import Engine
+from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.services import (
     InferenceService,
     ServiceEvent,
+    ServiceManager,
     ServiceState,
     build_model_server_image,
 )
@@ -34,6 +38,7 @@ from podlab.ui.pages.services import (
     device_badge,
 )
 from podlab.ui.service_bridge import MessageDialog, service_bridge_for
+from tests import harness
 from tests.integration.conftest import (
     wheelhouse,  # noqa: F401 (a fixture: pip wheels of the host's llama-cpp-python)
 )
@@ -191,6 +196,38 @@ def test_a_local_service_starts_from_the_dialog_answers_stops_and_is_deleted(
     qtbot.waitUntil(lambda: page.model.row_of(service.id) < 0, timeout=30000)
     if page.model.rowCount() == 0:
         assert page.empty.isVisibleTo(page)
+
+
+def test_a_local_service_that_crashed_shows_its_signal_and_log_tail(
+    window: MainWindow, qtbot, smollm2_model: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A local server killed by SIGSEGV while starting (started by another manager, as by the
+    CLI) reads as "crashed (signal 11, SIGSEGV)" with its log, never as only "exited"."""
+    broken = harness.crashing_python(tmp_path / "bin", signal.SIGSEGV)
+    other = ServiceManager(
+        Engine(url="unix:///nonexistent/podman.sock"),
+        local=LocalEngine(python=str(broken)),
+        ready_timeout=60,
+    )
+    attempt = asyncio.ensure_future(other.serve(smollm2_model, engine="local"))
+    qtbot.waitUntil(attempt.done, timeout=60000)
+    assert isinstance(attempt.exception(), PodlabError)
+    (service,) = other.known()
+    page = open_services(window, qtbot)
+    page.select_service(service.id)
+    assert cell(page, service.id, COL_STATE) == "exited"
+    assert "crashed (signal 11, SIGSEGV)" in page.details.overview.text()
+    qtbot.waitUntil(
+        lambda: "Fatal Python error: Segmentation fault" in page.log_text(), timeout=20000
+    )
+    assert "test engine that crashes" in page.log_text()
+
+    async def remove() -> None:
+        await service_bridge_for(window.lab).manager.delete(service.id)
+
+    removal = asyncio.ensure_future(remove())
+    qtbot.waitUntil(removal.done, timeout=30000)
+    removal.result()
 
 
 def test_cancelling_the_dialog_starts_nothing(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]

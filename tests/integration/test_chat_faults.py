@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from podlab.cli.output import terminal_safe
 from podlab.core.chat.client import (
     ChatClient,
     ChatEvent,
@@ -36,6 +37,7 @@ from podlab.core.errors import PodlabError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faultserver import (
     ANSWER_TEXT,
+    HOSTILE_ERROR,
     HOSTILE_TOKENS,
     HTTP_ERROR,
     MID_STREAM_ERROR,
@@ -546,6 +548,29 @@ async def test_cli_chat_completion_and_api_key(server: FaultServer) -> None:
 
 
 @pytest.mark.parametrize(
+    "model", ["http_error?hostile=1", "http_error?hostile=1&body=text", "error_mid?hostile=1"]
+)
+async def test_cli_server_error_text_cannot_drive_the_terminal(
+    server: FaultServer, model: str
+) -> None:
+    """A server's error message with escape sequences reaches stderr (and compare's stdout)
+    with its control characters shown as \\x1b etc., never as raw bytes."""
+    raw = ("\x1b", "\x07", "\x9b")
+    shown = terminal_safe(HOSTILE_ERROR)
+    assert shown != HOSTILE_ERROR
+    code, out, err = await podlab("chat", "--endpoint", server.url, "--model", model, "hi")
+    assert code == 1 and shown in err, err
+    assert not any(c in err or c in out for c in raw)
+    code, out, err = await podlab(
+        "compare", "--endpoint", server.url, "--endpoint", server.url, "--model", model, "hi"
+    )
+    assert code == 1
+    for stream in (out, err):
+        assert shown in stream, stream
+        assert not any(c in stream for c in raw)
+
+
+@pytest.mark.parametrize(
     ("model", "message"),
     [
         ("http_error?status=404", f"the server answered 404: {HTTP_ERROR}"),
@@ -603,6 +628,9 @@ async def test_cli_compare_json(server: FaultServer) -> None:
     assert all(p["metrics"]["tokens"] > 0 for p in final["panes"])
     assert sum(p["fastest"] for p in final["panes"]) == 1
     assert {line["type"] for line in lines[:-1]} >= {"started", "token", "done"}
+    # No --energy: nothing measured, so no efficiency either (never a made-up figure).
+    assert [(p["energy_j"], p["tokens_per_j"]) for p in final["panes"]] == [(None, None)] * 2
+    assert final["tokens_per_j"] is None
 
 
 async def test_cli_compare_readable_and_failing_pane(server: FaultServer, tmp_path: Path) -> None:
@@ -676,8 +704,6 @@ async def test_cli_compare_argument_checks(server: FaultServer) -> None:
 
 
 def test_terminal_safe_escapes_control_characters() -> None:
-    from podlab.cli.chat import terminal_safe
-
     assert terminal_safe("a\x1b]0;x\x07b\tc\nd\re\x9b") == "a\\x1b]0;x\\x07b\tc\nd\\x0de\\x9b"
     assert terminal_safe("日本語 🙂") == "日本語 🙂"
 

@@ -17,7 +17,7 @@ from podlab.core.errors import PodlabError
 from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import ServiceOptions
 from podlab.core.serving.engine import Engine
-from podlab.core.serving.local_server import LocalEngine
+from podlab.core.serving.local_server import PYTHON_ENV, LocalEngine
 from podlab.core.serving.services import ServiceManager, ServiceState
 from podlab.core.settings import Settings
 from tests import harness
@@ -135,6 +135,62 @@ async def test_local_server_crash_shows_its_log_and_reads_as_exited(
     assert "Failed to load model from file" in caught.value.hint
     (service,) = await restarted_manager().list_services()
     assert service.state == ServiceState.EXITED  # died on its own, not stopped by Podlab
+
+
+async def test_a_local_engine_killed_by_a_signal_reads_as_crashed_with_its_log(
+    tmp_path: Path, smollm2_model: Path
+) -> None:
+    """A server process that dies by SIGSEGV (as llama.cpp built for another CPU does) is
+    "crashed (signal 11, SIGSEGV)" while starting and, found again by a new manager that has
+    no exit status, from the crash report Python's faulthandler left in its log."""
+    broken = harness.crashing_python(tmp_path / "bin", signal.SIGSEGV)
+    manager = ServiceManager(
+        Engine(url="unix:///nonexistent/podman.sock"),
+        settings=Settings(),
+        local=LocalEngine(python=str(broken)),
+        ready_timeout=60,
+    )
+    with pytest.raises(PodlabError) as caught:
+        await manager.serve(smollm2_model, engine="local")
+    assert "did not start: the server crashed (signal 11, SIGSEGV)" in caught.value.message
+    assert "test engine that crashes" in caught.value.hint  # the log tail
+    (found,) = await restarted_manager().list_services()
+    assert found.state == ServiceState.EXITED
+    assert found.error == "crashed (signal 11, SIGSEGV)"
+    log = [line async for line in restarted_manager().logs(found.id)]
+    assert "Fatal Python error: Segmentation fault" in log
+
+
+def test_cli_names_the_signal_in_serve_list_and_logs(
+    tmp_path: Path, smollm2_model: Path, isolated_user_dirs: dict[str, Path]
+) -> None:
+    broken = harness.crashing_python(tmp_path / "bin", signal.SIGILL)
+    env = {
+        **os.environ,
+        "CONTAINER_HOST": "unix:///nonexistent/podman.sock",
+        PYTHON_ENV: str(broken),
+    }
+
+    def podlab(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "podlab", *args],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+
+    served = podlab("serve", str(smollm2_model), "--engine", "local", "--timeout", "60")
+    assert served.returncode == 1
+    assert "the server crashed (signal 4, SIGILL)" in served.stderr, served.stderr
+    assert "test engine that crashes" in served.stderr
+    assert "Traceback" not in served.stderr
+    listed = podlab("services", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "exited" in listed.stdout and "crashed (signal 4, SIGILL)" in listed.stdout
+    assert "Fatal Python error: Illegal instruction" in listed.stdout  # its log tail
+    as_json = json.loads(podlab("services", "list", "--json").stdout)
+    assert [s["error"] for s in as_json] == ["crashed (signal 4, SIGILL)"]
+    logs = podlab("services", "logs", as_json[0]["id"])
+    assert "test engine that crashes" in logs.stdout
+    assert "crashed (signal 4, SIGILL)" in logs.stderr
 
 
 async def test_killed_outside_podlab_reads_as_exited(

@@ -31,7 +31,7 @@ from podlab.core.chat.compare import (
     load_prompts,
 )
 from podlab.core.chat.conversations import ConversationStore, VoteRecord
-from podlab.core.chat.energy import EnergyMeter
+from podlab.core.chat.energy import EnergyMeter, tokens_per_joule
 from podlab.core.errors import PodlabError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -589,3 +589,38 @@ class TestModes:
         _events, parallel = await collect(comparison, "hi", "parallel")
         assert all(p.energy_j is None for p in parallel.panes)  # shared: not per pane
         assert parallel.energy_j == 0.0
+
+    async def test_tokens_per_joule_where_energy_per_answer_is_measured(
+        self, servers: tuple[FaultServer, FaultServer], tmp_path: Path
+    ) -> None:
+        make_powercap(tmp_path, {"intel-rapl:0": ("package-0", 0, 10**12)})
+        a, b = servers
+        meter = EnergyMeter(powercap_root=tmp_path, use_nvidia=False)
+        comparison = Comparison([Pane(a.url, slow("a")), Pane(b.url, slow("b"))], energy=meter)
+        burning = asyncio.Event()
+
+        async def burn() -> None:  # the package counter moves while the panes answer
+            joules = 0
+            while not burning.is_set():
+                joules += 1
+                staged = tmp_path / "energy_uj.new"  # replaced whole: never read half-written
+                staged.write_text(f"{joules * 1_000_000}\n")
+                staged.replace(tmp_path / "intel-rapl:0" / "energy_uj")
+                await asyncio.sleep(0.01)
+
+        burner = asyncio.create_task(burn())
+        try:
+            _events, result = await collect(comparison, "hi", "sequential")
+        finally:
+            burning.set()
+            await burner
+        for pane in result.panes:
+            assert pane.ok and pane.metrics is not None and pane.energy_j
+            expected = pane.metrics.tokens / pane.energy_j
+            assert pane.tokens_per_j == pytest.approx(expected)
+            assert pane.to_dict()["tokens_per_j"] == round(expected, 3)
+        assert result.energy_j
+        total = sum(p.metrics.tokens for p in result.panes if p.metrics is not None)
+        assert result.to_dict()["tokens_per_j"] == round(total / result.energy_j, 3)
+        assert "Tokens/J" in result.to_markdown()
+        assert tokens_per_joule(10, 0.0) is None and tokens_per_joule(None, 2.0) is None

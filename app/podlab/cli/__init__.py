@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from podlab import __version__
+from podlab.cli.output import terminal_safe
 from podlab.core.errors import PodlabError
 from podlab.core.paths import Locations, tighten_private_files
 
@@ -39,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fail(message: str, hint: str = "") -> int:
     """Print an expected error as one line (plus a hint line) and return the exit code."""
-    print(f"podlab: error: {message}", file=sys.stderr)
+    print(f"podlab: error: {terminal_safe(message)}", file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"hint: {terminal_safe(hint)}", file=sys.stderr)
     return EXIT_ERROR
 
 

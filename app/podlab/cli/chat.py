@@ -21,7 +21,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TextIO
 
-from podlab.cli.output import print_json, print_table
+from podlab.cli.output import print_json, print_table, terminal_safe
 from podlab.core.chat.client import (
     DEFAULT_READ_TIMEOUT,
     ChatClient,
@@ -53,14 +53,6 @@ from podlab.core.paths import atomic_write_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-
-# C0 and C1 control characters except tab and newline, shown escaped on a terminal.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
-
-
-def terminal_safe(text: str) -> str:
-    """Escape control characters so model output cannot drive the terminal."""
-    return text.translate(_CONTROL)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -184,7 +176,8 @@ def _params(assignments: list[str]) -> GenerationParams:
 
 
 def _err(message: str) -> None:
-    print(f"podlab: error: {message}", file=sys.stderr, flush=True)
+    """An error line on stderr; the server's text in it never reaches the terminal raw."""
+    print(f"podlab: error: {terminal_safe(message)}", file=sys.stderr, flush=True)
 
 
 def metrics_json(metrics: Metrics, energy_j: float | None = None) -> dict[str, Any]:
@@ -452,10 +445,12 @@ def _print_round(result: RoundResult) -> None:
                 None if m is None or m.tokens_per_s is None else f"{m.tokens_per_s:.1f}",
                 None if m is None else f"{m.total_ms / 1000:.2f}",
                 None if pane.energy_j is None else f"{pane.energy_j:.1f}",
+                None if pane.tokens_per_j is None else f"{pane.tokens_per_j:.2f}",
             ]
         )
     print_table(
-        ["pane", "model", "state", "ttft_ms", "tokens", "tok/s", "total_s", "energy_j"], rows
+        ["pane", "model", "state", "ttft_ms", "tokens", "tok/s", "total_s", "energy_j", "tok/J"],
+        rows,
     )
 
 

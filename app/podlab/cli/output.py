@@ -1,4 +1,5 @@
-"""Output helpers shared by every command: JSON for machines, aligned tables for people."""
+"""Output helpers shared by every command: JSON for machines, aligned tables for people, and
+text from servers made safe for a terminal."""
 
 from __future__ import annotations
 
@@ -24,3 +25,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# C0 and C1 control characters except tab and newline, shown escaped.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+
+
+def terminal_safe(text: str) -> str:
+    """Escape control characters so that text from a server or a model (an error message, an
+    answer, a log line) cannot drive the terminal with escape sequences."""
+    return text.translate(_CONTROL)

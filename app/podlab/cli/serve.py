@@ -13,18 +13,29 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from podlab.cli.output import print_json, print_table
+from podlab.cli.output import print_json, print_table, terminal_safe
+from podlab.core.models.store import ModelStore
 from podlab.core.serving.container_spec import SERVER_KINDS, ServiceOptions
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
+from podlab.core.serving.selftest import (
+    SELFTEST_TIMEOUT,
+    SelfTestResult,
+    run_selftest,
+    selftest_model,
+)
 from podlab.core.serving.services import (
     ENGINE_CHOICES,
     InferenceService,
     ServiceEvent,
     ServiceManager,
+    ServiceState,
 )
 from podlab.core.serving.snippets import snippet, snippets
 from podlab.core.settings import Settings, load_settings
+
+DEATH_LOG_LINES = 10
+"""Lines of a dead service's log that `services list` prints under the table."""
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +44,15 @@ def register(subparsers: Any) -> None:
         help="check Podman, GPUs (CDI) and the local engine, with fixes",
         description="What Podlab can serve models with on this machine, and how to fix what "
         "is missing: the Podman service and version, GPUs and their CDI devices, the GPU plan "
-        "`serve` would use, and the local llama-cpp-python engine.",
+        "`serve` would use, and the local llama-cpp-python engine, tested with one tiny real "
+        "inference of the smallest downloaded or imported model.",
+    )
+    doctor.add_argument(
+        "--selftest-timeout",
+        type=float,
+        default=SELFTEST_TIMEOUT,
+        metavar="S",
+        help=f"seconds the local engine's self-test may take (default {SELFTEST_TIMEOUT:g})",
     )
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(func=cmd_doctor)
@@ -155,12 +174,21 @@ def _gpu_dict(report: GpuReport) -> dict[str, Any]:
     }
 
 
-async def _doctor(as_json: bool) -> int:
-    manager = _manager()
+async def _selftest(manager: ServiceManager, settings: Settings, within: float) -> SelfTestResult:
+    """One tiny real inference of the local engine, on the smallest model in the store."""
+    model = await asyncio.to_thread(selftest_model, ModelStore.from_settings(settings))
+    return await run_selftest(model, python=manager.local.python, within=within)
+
+
+async def _doctor(as_json: bool, selftest_timeout: float) -> int:
+    settings = _settings()
+    manager = _manager(settings)
     status = await manager.engine.connect()
     report = await manager.gpu_report()
     plan = plan_passthrough(report, "auto")
     local_ok, local_text = manager.local.available()
+    selftest = await _selftest(manager, settings, selftest_timeout) if local_ok else None
+    local_usable = local_ok and (selftest is None or not selftest.broken)
     result = {
         "podman": status.to_dict(),
         "gpu": _gpu_dict(report),
@@ -171,8 +199,12 @@ async def _doctor(as_json: bool) -> int:
             "gpu_layers": plan.passthrough.gpu_layers,
             "diagnosis": _diag_dict(plan.diagnosis),
         },
-        "local": {"available": local_ok, "detail": local_text},
-        "can_serve": status.available or local_ok,
+        "local": {
+            "available": local_ok,
+            "detail": local_text,
+            "selftest": None if selftest is None else selftest.to_dict(),
+        },
+        "can_serve": status.available or local_usable,
     }
     await manager.engine.aclose()  # an SSH tunnel stops now, not at exit
     if as_json:
@@ -209,6 +241,8 @@ async def _doctor(as_json: bool) -> int:
             print(f"           Podlab can do this for you (action {diagnosis.action}, asks first)")
     print("Local engine")
     print(f"  {'ok' if local_ok else 'missing':<8} {local_text}")
+    if selftest is not None:
+        _print_selftest(selftest)
     if not result["can_serve"]:
         print("podlab: error: no engine can serve models here", file=sys.stderr)
         print(f"hint: {status.hint}", file=sys.stderr)
@@ -216,8 +250,21 @@ async def _doctor(as_json: bool) -> int:
     return 0
 
 
+def _print_selftest(result: SelfTestResult) -> None:
+    mark = "ok" if result.ok else ("-" if not result.broken else "PROBLEM")
+    print(f"  {mark:<8} self-test: local engine: {result.summary}")
+    if result.model:
+        print(f"           model: {result.model}")
+    if result.log_tail:
+        print("           last lines of its log:")
+        for line in result.log_tail.splitlines():
+            print(f"             {terminal_safe(line)}")
+    if result.fix:
+        print(f"           fix: {result.fix}")
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
-    return _run(_doctor(args.json))
+    return _run(_doctor(args.json, args.selftest_timeout))
 
 
 # --------------------------------------------------------------------------- serve
@@ -337,6 +384,12 @@ async def _list(as_json: bool) -> int:
             for s in services
         ],
     )
+    for service in services:
+        if service.state in (ServiceState.EXITED, ServiceState.FAILED) and service.error:
+            print(f"\n{service.id} {terminal_safe(service.error)}; last lines of its log:")
+            tail = await manager.log_text(service, tail=DEATH_LOG_LINES)
+            for line in tail.splitlines() or ["(the server wrote no log)"]:
+                print(f"  {terminal_safe(line)}")
     return 0
 
 
@@ -380,6 +433,11 @@ async def _logs(args: argparse.Namespace) -> int:
         sys.stdout.write(line + "\n")
         if args.follow:
             sys.stdout.flush()
+    if args.follow:  # it ended while we followed: say how
+        await manager.list_services()
+    if service.state in (ServiceState.EXITED, ServiceState.FAILED) and service.error:
+        sys.stdout.flush()
+        print(f"podlab: {service.id} {terminal_safe(service.error)}", file=sys.stderr)
     return 0
 
 

@@ -42,7 +42,7 @@ from podlab.core.chat.client import (
     server_key,
 )
 from podlab.core.chat.conversations import ConversationStore, VoteRecord
-from podlab.core.chat.energy import EnergyMeter, Measurement
+from podlab.core.chat.energy import EnergyMeter, Measurement, tokens_per_joule
 from podlab.core.errors import PodlabError
 
 __all__ = [
@@ -250,6 +250,13 @@ class PaneResult:
     def ok(self) -> bool:
         return self.state == "complete"
 
+    @property
+    def tokens_per_j(self) -> float | None:
+        """Tokens per joule of this answer (when its energy could be told apart)."""
+        return tokens_per_joule(
+            None if self.metrics is None else self.metrics.tokens, self.energy_j
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "pane": self.pane,
@@ -265,6 +272,7 @@ class PaneResult:
             "started_s": _round(self.started_s),
             "finished_s": _round(self.finished_s),
             "energy_j": _round(self.energy_j),
+            "tokens_per_j": _round(self.tokens_per_j),
         }
 
 
@@ -282,6 +290,12 @@ class RoundResult:
     vote: int | None = None
     voted: bool = False
 
+    @property
+    def tokens_per_j(self) -> float | None:
+        """Tokens of every pane per joule of the whole round (also when panes ran together)."""
+        tokens = sum(p.metrics.tokens for p in self.panes if p.metrics is not None)
+        return tokens_per_joule(tokens, self.energy_j)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,
@@ -291,6 +305,7 @@ class RoundResult:
             "total_s": _round(self.total_s),
             "fastest": self.fastest,
             "energy_j": _round(self.energy_j),
+            "tokens_per_j": _round(self.tokens_per_j),
             "panes": [p.to_dict() for p in self.panes],
         }
 
@@ -746,7 +761,7 @@ def _cell(value: Any) -> str:
 
 
 def _metrics_table(panes: Sequence[PaneResult]) -> list[str]:
-    headers = ["#", "Pane", "State", "TTFT ms", "Tokens", "Tokens/s", "Total s"]
+    headers = ["#", "Pane", "State", "TTFT ms", "Tokens", "Tokens/s", "Total s", "Tokens/J"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for pane in panes:
         m = pane.metrics
@@ -758,6 +773,7 @@ def _metrics_table(panes: Sequence[PaneResult]) -> list[str]:
             None if m is None else m.tokens,
             None if m is None else m.tokens_per_s,
             None if m is None else m.total_ms / 1000.0,
+            pane.tokens_per_j,
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines

@@ -286,6 +286,14 @@ class Measurement:
         return EnergyReport(total, seconds, by_source)
 
 
+def tokens_per_joule(tokens: int | None, joules: float | None) -> float | None:
+    """Tokens generated per joule, the energy efficiency of an answer; None when either is
+    unknown or no energy was measured (0 J: the counter did not move)."""
+    if not tokens or joules is None or joules <= 0:
+        return None
+    return tokens / joules
+
+
 class EnergyMeter:
     """Detects what this machine can measure, once, on first use.
 

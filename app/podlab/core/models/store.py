@@ -160,13 +160,15 @@ def parse_size_label(label: str | None) -> int | None:
     return round(experts * float(match.group(2)) * factor)
 
 
+def require_gguf(path: Path, hint: str) -> None:
+    """Raise a clear error unless the file starts with the GGUF magic ("GGUF")."""
+    if not _is_gguf(path):
+        raise PodlabError(f"{path} is not a GGUF file (it does not start with 'GGUF')", hint=hint)
+
+
 def read_gguf_metadata(path: Path) -> GGUFMetadata:
     """Read what a GGUF file says about itself (memory-mapped; the tensors are not read)."""
-    if not _is_gguf(path):
-        raise PodlabError(
-            f"{path} is not a GGUF file",
-            hint="Podlab imports GGUF models (llama.cpp format); convert other formats first",
-        )
+    require_gguf(path, "Podlab imports GGUF models (llama.cpp format); convert other formats first")
     try:
         from gguf import GGUFReader, GGUFValueType, LlamaFileType
 

@@ -30,6 +30,9 @@ from podlab.core.errors import PodlabError
 from podlab.core.paths import Locations, atomic_write_text, open_private_log
 
 SERVER_MODULE = "llama_cpp.server"
+PYTHON_ENV = "PODLAB_LOCAL_PYTHON"
+"""Environment variable naming the Python that runs the local engine (default: Podlab's own),
+e.g. a virtual environment with a llama-cpp-python built for this machine."""
 REQUIRED_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
 
 
@@ -110,7 +113,7 @@ class LocalEngine:
 
     def __init__(self, locations: Locations | None = None, python: str | None = None) -> None:
         self.locations = locations or Locations.default()
-        self.python = python or sys.executable
+        self.python = python or os.environ.get(PYTHON_ENV) or sys.executable
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # ----------------------------------------------------------------- availability
@@ -200,6 +203,9 @@ class LocalEngine:
         """Start the record's command detached (own session), logging to its log file."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        # A crash in llama.cpp then leaves "Fatal Python error: Segmentation fault" in the log:
+        # the reason stays known after the process that started the server is gone.
+        env["PYTHONFAULTHANDLER"] = "1"
         with open_private_log(Path(record.log_path)) as log:
             log.write(f"podlab: {' '.join(record.command)}\n".encode())
             log.flush()

@@ -64,6 +64,7 @@ from podlab.core.serving.container_spec import (
     model_server_spec,
     slug,
 )
+from podlab.core.serving.crash import describe_exit
 from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine, PullPolicy
 from podlab.core.serving.gpu import (
     GPU_LAYERS_ALL,
@@ -235,6 +236,10 @@ def resolve_model(ref: str | Path, settings: Settings | None = None) -> Resolved
     path = Path(ref).expanduser()
     if path.exists():
         path = path.resolve()
+        if path.is_file():
+            from podlab.core.models.store import require_gguf
+
+            require_gguf(path, "serve a GGUF model (llama.cpp format); convert other formats first")
         if path.is_file() or path.is_dir():
             name = path.name.removesuffix(".gguf") if path.is_file() else path.name
             return ResolvedModel(ref=name, path=path)
@@ -829,8 +834,7 @@ class ServiceManager:
             record = self._record(service)
             if self.local.is_alive(record):
                 return None
-            code = self.local.exit_code(record)
-            return "the server exited" + (f" with code {code}" if code is not None else "")
+            return "the server " + await self._local_exit_reason(record)
         assert service.container_id is not None
         try:
             state = await self.engine.container_state(service.container_id)
@@ -840,7 +844,16 @@ class ServiceManager:
             return "the container was removed"
         if state.get("Running"):
             return None
-        return f"the server exited with code {state.get('ExitCode')}"
+        return "the server " + describe_exit(
+            state.get("ExitCode"), from_container=True, oom_killed=bool(state.get("OOMKilled"))
+        )
+
+    async def _local_exit_reason(self, record: LocalRecord) -> str:
+        """How a local server ended: its exit status when this process started it, else the
+        crash its log reports (see `crash`)."""
+        code = self.local.exit_code(record)
+        log = "" if code is not None else await asyncio.to_thread(self.local.log_text, record, 200)
+        return describe_exit(code, log_text=log)
 
     async def _read_device(self, service: InferenceService) -> None:
         text = await self.log_text(service, tail=None)
@@ -980,6 +993,8 @@ class ServiceManager:
         if known.state == ServiceState.STARTING and fresh.state == ServiceState.STARTING:
             changed = False
         known.state = fresh.state
+        if fresh.state == ServiceState.EXITED and fresh.error:
+            known.error = fresh.error
         known.container_id = fresh.container_id or known.container_id
         known.pid = fresh.pid
         if changed:
@@ -1126,6 +1141,9 @@ class ServiceManager:
             image=str(attrs.get("Image", "")) or None,
             container_id=str(attrs.get("Id", "")) or None,
             created=created_ts,
+            error=describe_exit(exit_code, from_container=True)
+            if state == ServiceState.EXITED and isinstance(exit_code, int)
+            else "",
         )
 
     async def _local_services(self) -> list[InferenceService]:
@@ -1138,6 +1156,7 @@ class ServiceManager:
                 state = ServiceState.STOPPED
             else:
                 state = ServiceState.EXITED
+            died = await self._local_exit_reason(record) if state == ServiceState.EXITED else ""
             service = InferenceService(
                 id=record.id,
                 name=record.name,
@@ -1153,6 +1172,7 @@ class ServiceManager:
                 pid=record.pid if alive else None,
                 log_path=record.log_path,
                 created=record.created,
+                error=died,
             )
             services.append(service)
         await self._probe(services)

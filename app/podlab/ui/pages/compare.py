@@ -622,6 +622,8 @@ class ComparePage(QWidget):
             parts.append(f"fastest: {comparison.display_name(fastest)}")
         if result.energy_j is not None:
             parts.append(f"energy {result.energy_j:.1f} J")
+            if result.tokens_per_j is not None:
+                parts.append(f"{result.tokens_per_j:.2f} tokens per joule")
         else:
             parts.append("energy not available")
         self.show_status(" · ".join(parts))

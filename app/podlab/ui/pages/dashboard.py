@@ -1,5 +1,6 @@
-"""Dashboard: the container engine, the local engine, the host, every GPU with a diagnosis and
-its fix, the disk used by models and the running services, each on a card.
+"""Dashboard: the container engine, the local engine (with a self-test: one tiny real
+inference), the host, every GPU with a diagnosis and its fix, the disk used by models and the
+running services, each on a card.
 
 Every fact comes from core (engine, gpu, hardware, store, services); the page only lays them
 out. Each card loads on its own, so a slow `nvidia-smi` never holds the engine card back, and
@@ -52,6 +53,7 @@ from podlab.core.serving.gpu import (
     write_cdi_spec,
 )
 from podlab.core.serving.local_server import LocalEngine
+from podlab.core.serving.selftest import SelfTestResult, run_selftest, selftest_model
 from podlab.ui.download_bridge import DownloadBridge, bridge_for
 from podlab.ui.main_window import MainWindow
 from podlab.ui.service_bridge import (
@@ -287,6 +289,9 @@ class DashboardPage(QWidget):
     sig_fix_copied = Signal(str)
     """Emitted with the command text after "Copy fix command" put it on the clipboard."""
 
+    sig_selftest_done = Signal(object)
+    """Emitted with the SelfTestResult after the local engine's self-test ended."""
+
     MIN_REFRESH_GAP = 5.0
 
     def __init__(self, lab: Lab, window: QWidget | None = None) -> None:
@@ -300,6 +305,10 @@ class DashboardPage(QWidget):
         """Where "Write CDI spec" writes; None: PODLAB_CDI_SPEC_PATH under the probe's root."""
         self._engine: Engine | None = None
         self._local_engine = LocalEngine(lab.locations)
+        self._local_state: tuple[bool, str] = (False, "")
+        self.selftest: SelfTestResult | None = None
+        """The local engine's last self-test (None while it runs or before it ran)."""
+        self._selftest_task: asyncio.Task[None] | None = None
         self._models: DownloadBridge | None = bridge_for(lab)
         self._models.sig_store_changed.connect(self._on_store_changed)
         self._services: ServiceBridge | None = service_bridge_for(lab)
@@ -360,7 +369,9 @@ class DashboardPage(QWidget):
         layout.addWidget(scroll, 1)
 
     def detach(self) -> None:
-        """Disconnect from the shared bridges, which outlive the page."""
+        """Disconnect from the shared bridges, which outlive the page; end the self-test."""
+        if self._selftest_task is not None and not self._selftest_task.done():
+            self._selftest_task.cancel()
         if self._models is not None:
             self._models.sig_store_changed.disconnect(self._on_store_changed)
             self._models = None
@@ -517,20 +528,65 @@ class DashboardPage(QWidget):
     # ------------------------------------------------------------------ local engine card
 
     async def _load_local(self) -> None:
-        usable, line = await asyncio.to_thread(self._local_engine.available)
+        self._local_state = await asyncio.to_thread(self._local_engine.available)
+        self._show_local()
+        if self._local_state[0] and self.selftest is None:
+            self.start_selftest()
+
+    def _show_local(self) -> None:
+        usable, line = self._local_state
         card = self.local_card
         card.clear()
-        if usable:
-            card.set_status("ok", "Available")
+        if not usable:
+            card.set_status("warning", "Not installed")
             card.add_text(line)
+            return
+        result = self.selftest
+        if result is not None and result.broken:
+            card.set_status("error", "Crashed" if result.status == "crashed" else "Failed")
+        else:
+            card.set_status("ok", "Available")
+        card.add_text(line)
+        if result is None:
+            card.add_text("Self-test: running one tiny inference…", muted=True)
+            return
+        card.add_text(f"Self-test: local engine: {result.summary}")
+        if result.broken and result.log_tail:
+            card.add_text(result.log_tail, mono=True)
+        if result.fix_command:
+            card.add_text(result.fix.removesuffix(result.fix_command).strip(), muted=True)
+            card.add_text(result.fix_command, mono=True)
+            command = result.fix_command
+            card.add_button("copy-fix", "Copy fix command", lambda: self.copy_fix(command))
+        elif result.fix:
+            card.add_text(result.fix, muted=True)
+        if not result.broken:
             card.add_text(
                 "Runs llama.cpp in a process on this computer: used when Podman is absent or "
                 "when a service asks for the local engine.",
                 muted=True,
             )
-        else:
-            card.set_status("warning", "Not installed")
-            card.add_text(line)
+        card.add_button("selftest", "Test again", self.start_selftest)
+
+    def start_selftest(self) -> asyncio.Task[None]:
+        """Run the self-test in the background (never holding the page's first paint); returns
+        the task, or the one already running."""
+        if self._selftest_task is None or self._selftest_task.done():
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+            self._selftest_task = loop.create_task(self._run_selftest())
+        return self._selftest_task
+
+    async def _run_selftest(self) -> None:
+        self.selftest = None
+        if shiboken6.isValid(self.local_card):
+            self._show_local()
+        store = self._models.store if self._models is not None else None
+        model = await asyncio.to_thread(selftest_model, store) if store is not None else None
+        result = await run_selftest(model, python=self._local_engine.python)
+        self.selftest = result
+        if shiboken6.isValid(self.local_card):
+            self._show_local()
+            self.sig_selftest_done.emit(result)
 
     # ------------------------------------------------------------------ host and GPUs
 

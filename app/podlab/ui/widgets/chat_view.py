@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from podlab.core.chat.client import Metrics
+from podlab.core.chat.energy import tokens_per_joule
 from podlab.ui.widgets.markdown_view import MarkdownView
 
 ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System prompt"}
@@ -67,6 +68,9 @@ def format_figures(
         parts.append(metrics.finish_reason)
     if energy_j is not None:
         parts.append(f"{energy_j:.1f} J")
+        efficiency = tokens_per_joule(metrics.tokens, energy_j)
+        if efficiency is not None:
+            parts.append(f"{efficiency:.2f} tok/J")
     return " · ".join(parts)
 
 
