@@ -11,9 +11,12 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from podlab.cli.output import print_json, print_table
+from podlab.core.logs import log_file
+from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import SERVER_KINDS, ServiceOptions
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
@@ -126,6 +129,11 @@ def _manager(settings: Settings | None = None) -> ServiceManager:
 # --------------------------------------------------------------------------- doctor
 
 
+def current_log_file() -> Path:
+    """The file this process logs to (the default place when logging was not configured)."""
+    return log_file() or Locations.default().log_file
+
+
 def _diag_dict(diagnosis: Diagnosis) -> dict[str, Any]:
     return {
         "level": diagnosis.level,
@@ -173,6 +181,7 @@ async def _doctor(as_json: bool) -> int:
         },
         "local": {"available": local_ok, "detail": local_text},
         "can_serve": status.available or local_ok,
+        "log_file": str(current_log_file()),
     }
     if as_json:
         print_json(result)
@@ -204,6 +213,8 @@ async def _doctor(as_json: bool) -> int:
             print(f"           Podlab can do this for you (action {diagnosis.action}, asks first)")
     print("Local engine")
     print(f"  {'ok' if local_ok else 'missing':<8} {local_text}")
+    print("Log")
+    print(f"  file     {current_log_file()}")
     if not result["can_serve"]:
         print("podlab: error: no engine can serve models here", file=sys.stderr)
         print(f"hint: {status.hint}", file=sys.stderr)

@@ -41,7 +41,13 @@ class Locations:
 
     @property
     def log_dir(self) -> Path:
+        """Logs of the processes Podlab starts (Podman service, local servers)."""
         return self.state_dir / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        """Podlab's own log: what went wrong, with tracebacks, for a bug report."""
+        return self.state_dir / "podlab.log"
 
     @classmethod
     def default(cls) -> Locations:

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 
 from podlab.core.lab import Lab
 from podlab.core.tasks import Task, TaskManager
+from podlab.ui.page_host import PageHost
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 COLUMNS = ("Task", "State", "Progress", "Detail")
@@ -139,5 +140,5 @@ class TasksPage(QWidget):
         self.empty.setVisible(self.model.rowCount() == 0)
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
+def create_page(lab: Lab, host: PageHost) -> QWidget:
     return TasksPage(lab)

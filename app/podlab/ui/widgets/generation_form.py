@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from podlab.core.chat.client import ChatClient, GenerationParams, normalize_base_url
 from podlab.core.errors import PodlabError
+from podlab.ui import background
 
 CUSTOM = "Custom endpoint"
 DEFAULT = "default"
@@ -48,7 +49,7 @@ class EndpointPicker(QWidget):
     def __init__(self, parent: QWidget | None = None, *, compact: bool = False) -> None:
         super().__init__(parent)
         self._services: dict[str, Any] = {}
-        self._models_task: asyncio.Task[None] | None = None
+        self._models_task: asyncio.Task[list[str]] | None = None
         self.last_error = ""
 
         self.service_combo = QComboBox()
@@ -208,13 +209,13 @@ class EndpointPicker(QWidget):
 
     # -- models ------------------------------------------------------------------------------
 
-    def refresh_models_soon(self) -> asyncio.Task[None] | None:
+    def refresh_models_soon(self) -> asyncio.Task[list[str]] | None:
         """Ask the endpoint for its models in the background (the previous ask is dropped)."""
         if not self.endpoint():
             return None
         if self._models_task is not None and not self._models_task.done():
             self._models_task.cancel()
-        self._models_task = asyncio.get_event_loop().create_task(self.refresh_models())
+        self._models_task = background.start(self.refresh_models(), "list the models")
         return self._models_task
 
     async def refresh_models(self) -> list[str]:
