@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,15 @@ def test_unknown_command_is_a_usage_error_without_traceback() -> None:
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_log_level_is_a_global_option_and_doctor_names_the_log(
+    isolated_user_dirs: dict[str, Path],
+) -> None:
+    result = podlab("--log-level", "debug", "doctor", "--json")
+    expected = isolated_user_dirs["state"] / "podlab" / "podlab.log"
+    assert json.loads(result.stdout)["log_file"] == str(expected)
+    assert "DEBUG" in expected.read_text()  # debug records were written at --log-level debug
+    text = podlab("doctor")
+    assert f"file     {expected}" in text.stdout
+    assert podlab("--log-level", "loud", "doctor").returncode == 2

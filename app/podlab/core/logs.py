@@ -24,6 +24,7 @@ __all__ = [
     "REDACTED",
     "SecretRedactor",
     "add_log_level_option",
+    "close_logging",
     "configure_logging",
     "log_file",
     "redact",
@@ -152,6 +153,15 @@ def configure_logging(level: str = DEFAULT_LEVEL, locations: Locations | None = 
     logging.getLogger("podlab").setLevel(numeric)
     logging.captureWarnings(True)
     return path
+
+
+def close_logging() -> None:
+    """Flush and close the log file (the process ends, or a test is done with it)."""
+    global _handler
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        _handler.close()
+        _handler = None
 
 
 def log_file() -> Path | None:

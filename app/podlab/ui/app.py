@@ -55,7 +55,7 @@ def run_gui(argv: list[str]) -> int:
     from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
-    from podlab.core.logs import configure_logging
+    from podlab.core.logs import close_logging, configure_logging
     from podlab.ui.crash import ErrorReporter
     from podlab.ui.main_window import MainWindow, window_icon
     from podlab.ui.theme import apply_theme
@@ -109,6 +109,7 @@ def run_gui(argv: list[str]) -> int:
         loop.run_until_complete(quit_event.wait())
         loop.run_until_complete(_shutdown(lab))
     reporter.uninstall()
+    close_logging()
     return 0
 
 

@@ -178,8 +178,7 @@ class ErrorReporter(QObject):
             self.dialog = ErrorDialog(self.log_path, parent)
             self.dialog.finished.connect(self._forget_dialog)
         self.dialog.add_error(summary, details)
-        self.dialog.show()
-        self.dialog.raise_()
+        self.dialog.show()  # a dialog already shown keeps its place: the new error is added
 
     def _forget_dialog(self) -> None:
         if self.dialog is not None:
