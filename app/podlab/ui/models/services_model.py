@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
-    QPersistentModelIndex,
     QRect,
     QSize,
     Qt,
@@ -16,7 +14,6 @@ from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QStyledItemDelegate,
     QStyleOptionViewItem,
-    QWidget,
 )
 
 from podlab.core.serving.services import (
@@ -24,8 +21,8 @@ from podlab.core.serving.services import (
     ServiceEvent,
     ServiceState,
 )
+from podlab.ui.models.table import ModelIndex, RowTableModel
 
-ModelIndex = QModelIndex | QPersistentModelIndex
 COLUMNS = ("Service", "Model", "State", "Engine", "Device", "Endpoint")
 COL_NAME, COL_MODEL, COL_STATE, COL_ENGINE, COL_DEVICE, COL_ENDPOINT = range(len(COLUMNS))
 LevelRole = Qt.ItemDataRole.UserRole + 1
@@ -85,37 +82,19 @@ def device_badge(service: InferenceService) -> tuple[str, str, str]:
     return "—", "", f"Known once the server is ready ({wanted_text})."
 
 
-class ServiceTableModel(QAbstractTableModel):
+class ServiceTableModel(RowTableModel[InferenceService]):
     """Rows are InferenceService objects; a manager event repaints or inserts/removes one row."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._services: list[InferenceService] = []
+    columns = COLUMNS
+
+    def row_key(self, item: InferenceService) -> str:
+        return item.id
 
     def service_at(self, row: int) -> InferenceService | None:
-        return self._services[row] if 0 <= row < len(self._services) else None
-
-    def row_of(self, service_id: str) -> int:
-        for row, service in enumerate(self._services):
-            if service.id == service_id:
-                return row
-        return -1
+        return self.item_at(row)
 
     def services(self) -> list[InferenceService]:
-        return list(self._services)
-
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._services)
-
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> str | None:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
+        return list(self._rows)
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         service = self.service_at(index.row())
@@ -162,16 +141,16 @@ class ServiceTableModel(QAbstractTableModel):
     def set_services(self, services: list[InferenceService]) -> None:
         """Replace the rows, keeping rows that stay (so the selection survives)."""
         wanted = {service.id: service for service in services}
-        for row in reversed(range(len(self._services))):
-            if self._services[row].id not in wanted:
+        for row in reversed(range(len(self._rows))):
+            if self._rows[row].id not in wanted:
                 self.beginRemoveRows(QModelIndex(), row, row)
-                del self._services[row]
+                del self._rows[row]
                 self.endRemoveRows()
-        for row, service in enumerate(self._services):
+        for row, service in enumerate(self._rows):
             if wanted[service.id] is not service:
-                self._services[row] = wanted[service.id]
+                self._rows[row] = wanted[service.id]
             self._changed(row)
-        known = {service.id for service in self._services}
+        known = {service.id for service in self._rows}
         for service in services:
             if service.id not in known:
                 self._insert(service)
@@ -181,19 +160,19 @@ class ServiceTableModel(QAbstractTableModel):
         if event.kind == "removed":
             if row >= 0:
                 self.beginRemoveRows(QModelIndex(), row, row)
-                del self._services[row]
+                del self._rows[row]
                 self.endRemoveRows()
             return
         if row < 0:
             self._insert(event.service)
             return
-        self._services[row] = event.service
+        self._rows[row] = event.service
         self._changed(row)
 
     def _insert(self, service: InferenceService) -> None:
-        row = len(self._services)
+        row = len(self._rows)
         self.beginInsertRows(QModelIndex(), row, row)
-        self._services.append(service)
+        self._rows.append(service)
         self.endInsertRows()
 
     def _changed(self, row: int) -> None:
