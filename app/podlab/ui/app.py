@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 from podlab import __version__
 
 if TYPE_CHECKING:
-    import asyncio
-
+    import qasync
     from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
@@ -142,7 +141,7 @@ async def _shutdown(lab: Lab) -> None:
     lab.close()  # after the tasks: a stopped answer is written to the store first
 
 
-def _screenshot(window: MainWindow, path: Path, loop: asyncio.AbstractEventLoop) -> int:
+def _screenshot(window: MainWindow, path: Path, loop: qasync.QEventLoop) -> int:
     """Show offscreen, let the page finish its first async load, grab and save."""
     window.show()
     with loop:

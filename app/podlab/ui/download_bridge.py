@@ -252,5 +252,9 @@ def bridge_for(lab: Lab) -> DownloadBridge:
     if found is not None and found[0]() is lab:
         return found[1]
     bridge = DownloadBridge(lab)
-    _bridges[key] = (weakref.ref(lab, lambda _ref, key=key: _bridges.pop(key, None)), bridge)
+
+    def forget(_ref: weakref.ref[Lab]) -> None:
+        _bridges.pop(key, None)
+
+    _bridges[key] = (weakref.ref(lab, forget), bridge)
     return bridge

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import (
@@ -45,6 +46,7 @@ ENGINE_CHOICE_TITLES = {
 DEFAULT_IMAGE_TEXT = "Default (llama.cpp server for the GPU found)"
 
 
+@dataclass
 class NewServiceValues:
     """What the New service dialog asks for."""
 

@@ -696,17 +696,26 @@ class PlaygroundPage(QWidget):
             self._update_buttons()
 
     def _ensure_conversation(self, first_prompt: str) -> Conversation:
-        settings = {
-            "endpoint": self.picker.endpoint(),
-            "model": self.picker.model() or "",
-            "params": self.params_form.to_dict(),
-            "system_prompt": self.system_prompt.toPlainText().strip(),
-        }
+        endpoint = self.picker.endpoint()
+        model = self.picker.model() or ""
+        params = self.params_form.to_dict()
+        system_prompt = self.system_prompt.toPlainText().strip()
         if self.conversation is None:
-            title = conversation_title(first_prompt)
-            self.conversation = self.store.create_conversation(title, **settings)
+            self.conversation = self.store.create_conversation(
+                conversation_title(first_prompt),
+                endpoint=endpoint,
+                model=model,
+                params=params,
+                system_prompt=system_prompt,
+            )
         else:
-            self.conversation = self.store.update_conversation(self.conversation.id, **settings)
+            self.conversation = self.store.update_conversation(
+                self.conversation.id,
+                endpoint=endpoint,
+                model=model,
+                params=params,
+                system_prompt=system_prompt,
+            )
         return self.conversation
 
     def _truncate_from(self, widget: MessageWidget) -> None:

@@ -65,7 +65,9 @@ class EndpointPicker(QWidget):
         self.model_combo.setObjectName("model")
         self.model_combo.setEditable(True)
         self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-        self.model_combo.lineEdit().setPlaceholderText("server default")
+        model_edit = self.model_combo.lineEdit()
+        assert model_edit is not None  # the combo is editable
+        model_edit.setPlaceholderText("server default")
         self.model_combo.setMinimumContentsLength(14)
         self.model_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
@@ -360,9 +362,11 @@ class ParamsForm(QWidget):
         for name, widget in self.fields.items():
             widget.blockSignals(True)
             try:
-                if isinstance(widget, QDoubleSpinBox | QSpinBox):
-                    value = getattr(params, name)
-                    widget.setValue(widget.minimum() if value is None else value)
+                value = getattr(params, name)
+                if isinstance(widget, QDoubleSpinBox):
+                    widget.setValue(widget.minimum() if value is None else float(value))
+                elif isinstance(widget, QSpinBox):
+                    widget.setValue(widget.minimum() if value is None else int(value))
                 else:
                     self.stop.setPlainText(
                         "\n".join(s.replace("\n", "\\n").replace("\t", "\\t") for s in params.stop)
