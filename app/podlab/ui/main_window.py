@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from podlab.core.lab import Lab
 from podlab.ui import background
+from podlab.ui.page_host import PageHost
 
 if TYPE_CHECKING:
     from podlab.ui.pages.playground import PlaygroundPage
@@ -115,7 +116,8 @@ class MainWindow(QMainWindow):
         if key not in self._pages:
             entry = next(page for page in PAGES if page.key == key)
             module = importlib.import_module(f"podlab.ui.pages.{entry.module}")
-            widget: QWidget = module.create_page(self.lab, self)
+            host: PageHost = self  # mypy checks here that the window is a PageHost
+            widget: QWidget = module.create_page(self.lab, host)
             index = PAGE_KEYS.index(key)
             old = self.stack.widget(index)
             if old is not None:
