@@ -9,7 +9,6 @@ collects further errors until the user closes it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import threading
@@ -17,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -33,6 +32,9 @@ from PySide6.QtWidgets import (
 
 from podlab import __version__
 from podlab.core.logs import redact
+
+if TYPE_CHECKING:  # asyncio is imported after the window's first paint, not before
+    import asyncio
 
 log = logging.getLogger(__name__)
 

@@ -595,7 +595,10 @@ class CatalogPage(QWidget):
     @asyncSlot()
     async def reload(self) -> None:
         """Read the catalog files again; the banner shows their problems anew."""
-        self._loading = background.start(self._load(reload=True), "reload the catalog")
+        # awaited here: a failure reaches the handler once, through this async slot
+        self._loading = background.start(
+            self._load(reload=True), "reload the catalog", awaited=True
+        )
         await self._loading
 
     async def _refresh_store(self) -> None:
