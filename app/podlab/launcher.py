@@ -9,13 +9,29 @@ from __future__ import annotations
 import sys
 
 GUI_FLAGS = ("--screenshot", "--page", "--size")
+GLOBAL_FLAGS = ("--log-level",)
+"""Options of both faces: they say nothing about which one the user asked for."""
 
 
 def wants_gui(argv: list[str]) -> bool:
     """No arguments, or only window options, means the user asked for the window."""
-    if not argv:
+    rest = _without_global_options(argv)
+    if not rest:
         return True
-    return argv[0] in GUI_FLAGS or any(arg.split("=", 1)[0] == "--screenshot" for arg in argv)
+    return rest[0] in GUI_FLAGS or any(arg.split("=", 1)[0] == "--screenshot" for arg in rest)
+
+
+def _without_global_options(argv: list[str]) -> list[str]:
+    rest: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg in GLOBAL_FLAGS:
+            skip_value = True
+        elif arg.split("=", 1)[0] not in GLOBAL_FLAGS:
+            rest.append(arg)
+    return rest
 
 
 def main(argv: list[str] | None = None) -> int:

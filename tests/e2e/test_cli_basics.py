@@ -113,3 +113,15 @@ def test_serve_refuses_a_file_that_is_not_gguf(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{fake} is not a GGUF file (it does not start with 'GGUF')" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_log_level_is_a_global_option_and_doctor_names_the_log(
+    isolated_user_dirs: dict[str, Path],
+) -> None:
+    result = podlab("--log-level", "debug", "doctor", "--json")
+    expected = isolated_user_dirs["state"] / "podlab" / "podlab.log"
+    assert json.loads(result.stdout)["log_file"] == str(expected)
+    assert "DEBUG" in expected.read_text()  # debug records were written at --log-level debug
+    text = podlab("doctor")
+    assert f"file     {expected}" in text.stdout
+    assert podlab("--log-level", "loud", "doctor").returncode == 2

@@ -23,6 +23,7 @@ from podlab.core.models.modelinfo import ModelInfo, ModelVariant
 from podlab.core.serving.gpu import GIB
 from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceState
 from podlab.core.tasks import TaskState
+from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.main_window import MainWindow
 from podlab.ui.models.catalog_model import (
@@ -37,7 +38,7 @@ from podlab.ui.models.catalog_model import (
 from podlab.ui.pages.catalog import CatalogPage
 from podlab.ui.pages.models import ModelsPage
 from podlab.ui.pages.playground import PlaygroundPage
-from podlab.ui.pages.services import NewServiceDialog, ServicesPage
+from podlab.ui.pages.services import ServicesPage
 from podlab.ui.service_bridge import MessageDialog, service_bridge_for
 from tests.httpfaults import (
     FaultServer,

@@ -32,7 +32,8 @@ def page(qtbot: Any, qloop: Any) -> Iterator[ComparePage]:
     host = QWidget()
     layout = QVBoxLayout(host)
     layout.setSizeConstraint(QLayout.SizeConstraint.SetNoConstraint)
-    widget = ComparePage(Lab.open())
+    lab = Lab.open()
+    widget = ComparePage(lab)
     layout.addWidget(widget)
     qtbot.addWidget(host)
     host.resize(1400, 800)
@@ -43,6 +44,7 @@ def page(qtbot: Any, qloop: Any) -> Iterator[ComparePage]:
     task = widget._task
     if task is not None:
         qtbot.waitUntil(task.done, timeout=5000)
+    lab.close()
 
 
 def set_panes(page: ComparePage, *targets: tuple[str, str]) -> None:

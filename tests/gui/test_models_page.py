@@ -16,11 +16,12 @@ from PySide6.QtWidgets import QFileDialog, QLineEdit, QMessageBox
 from podlab.core.lab import Lab
 from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceState
 from podlab.core.tasks import TaskState
+from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.main_window import MainWindow
 from podlab.ui.models.store_model import COL_SOURCE
 from podlab.ui.pages.models import ModelsPage
 from podlab.ui.pages.playground import PlaygroundPage
-from podlab.ui.pages.services import NewServiceDialog, ServicesPage
+from podlab.ui.pages.services import ServicesPage
 from podlab.ui.service_bridge import MessageDialog, service_bridge_for
 
 pytestmark = pytest.mark.gui

@@ -35,7 +35,8 @@ def page(qtbot: Any, qloop: Any) -> Iterator[PlaygroundPage]:
     host = QWidget()
     layout = QVBoxLayout(host)
     layout.setSizeConstraint(QLayout.SizeConstraint.SetNoConstraint)
-    widget = PlaygroundPage(Lab.open())
+    lab = Lab.open()
+    widget = PlaygroundPage(lab)
     layout.addWidget(widget)
     qtbot.addWidget(host)
     host.resize(1200, 800)
@@ -46,6 +47,7 @@ def page(qtbot: Any, qloop: Any) -> Iterator[PlaygroundPage]:
     task = widget._stream_task
     if task is not None:
         qtbot.waitUntil(task.done, timeout=5000)
+    lab.close()
 
 
 def use(page: PlaygroundPage, url: str, model: str) -> None:

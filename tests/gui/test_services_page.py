@@ -27,16 +27,16 @@ from podlab.core.serving.services import (
     build_model_server_image,
 )
 from podlab.core.tasks import TaskState
+from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.main_window import MainWindow
-from podlab.ui.pages.services import (
+from podlab.ui.models.services_model import (
     COL_DEVICE,
     COL_ENGINE,
     COL_STATE,
     LevelRole,
-    NewServiceDialog,
-    ServicesPage,
     device_badge,
 )
+from podlab.ui.pages.services import ServicesPage
 from podlab.ui.service_bridge import MessageDialog, service_bridge_for
 from tests import harness
 from tests.integration.conftest import (

@@ -111,3 +111,24 @@ def test_screenshot_rejects_an_unknown_page(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
     assert set(PAGE_KEYS) >= {"dashboard", "settings"}
+
+
+def test_playground_and_compare_share_the_labs_conversation_store(window: MainWindow) -> None:
+    from podlab.ui.pages.compare import ComparePage
+
+    playground = window.playground_page()
+    compare = window.page("compare")
+    assert isinstance(compare, ComparePage)
+    assert playground.store is compare.store is window.lab.conversations
+    assert playground.store.path == window.lab.locations.database_file
+    window.close()  # the pages stop; the store stays the Lab's until it closes it
+    window.lab.close()
+
+
+def test_settings_page_shows_the_log_file(window: MainWindow) -> None:
+    from PySide6.QtWidgets import QLabel
+
+    page = window.show_page("settings")
+    label = page.findChild(QLabel, "log-file")
+    assert label is not None
+    assert str(window.lab.locations.log_file) in label.text()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from podlab.core.chat.client import Done, GenerationParams, Metrics, Token
+from podlab.core.chat.client import Done, Error, GenerationParams, Metrics, Token
 from podlab.core.chat.compare import (
     Comparison,
     EloRating,
@@ -435,6 +435,24 @@ class TestModes:
         assert result.panes[1].ok
         done = [e for e in events if isinstance(e, PaneEvent) and isinstance(e.event, Done)]
         assert sorted(e.pane for e in done) == [0, 1]
+
+    async def test_a_bug_in_a_pane_is_raised_not_shown_as_a_connection_error(
+        self, servers: tuple[FaultServer, FaultServer]
+    ) -> None:
+        a, _ = servers
+        broken = Pane(a.url, "normal", history=None)  # a caller's bug: no list of messages
+        comparison = Comparison([broken, Pane(a.url, "normal")])
+        events: list[object] = []
+        with pytest.raises(TypeError):
+            async for event in comparison.run("hi", "parallel"):
+                events.append(event)
+        errors = [
+            e.event for e in events if isinstance(e, PaneEvent) and isinstance(e.event, Error)
+        ]
+        assert [error.kind for error in errors] == ["internal"]
+        assert errors[0].message.startswith("TypeError")
+        assert isinstance(events[-1], RoundDone)  # the round finished before the error came
+        assert events[-1].result.panes[1].ok and events[-1].result.panes[0].state == "error"
 
     async def test_histories_are_independent(
         self, servers: tuple[FaultServer, FaultServer]

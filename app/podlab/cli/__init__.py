@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Callable
 
 from podlab import __version__
 from podlab.cli.output import terminal_safe
 from podlab.core.errors import PodlabError
+from podlab.core.logs import add_log_level_option, configure_logging
 from podlab.core.paths import Locations, tighten_private_files
 
 # Modules under podlab.cli that add subcommands; each has register(subparsers).
 COMMAND_MODULES: tuple[str, ...] = ("catalog", "models", "serve", "chat")
+
+log = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -31,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Window options: podlab [--screenshot FILE [--page NAME] [--size WxH]]",
     )
     parser.add_argument("--version", action="version", version=f"podlab {__version__}")
+    add_log_level_option(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"podlab.cli.{name}")
@@ -49,6 +54,7 @@ def fail(message: str, hint: str = "") -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging(args.log_level)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if handler is None:
         parser.print_help()
@@ -60,3 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc.message, exc.hint)
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        log.exception("podlab %s failed", args.command)
+        raise

@@ -11,10 +11,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from podlab.cli.output import print_json, print_table, terminal_safe
+from podlab.core.logs import log_file
 from podlab.core.models.store import ModelStore
+from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import SERVER_KINDS, ServiceOptions
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
@@ -145,6 +148,11 @@ def _manager(settings: Settings | None = None) -> ServiceManager:
 # --------------------------------------------------------------------------- doctor
 
 
+def current_log_file() -> Path:
+    """The file this process logs to (the default place when logging was not configured)."""
+    return log_file() or Locations.default().log_file
+
+
 def _diag_dict(diagnosis: Diagnosis) -> dict[str, Any]:
     return {
         "level": diagnosis.level,
@@ -205,6 +213,7 @@ async def _doctor(as_json: bool, selftest_timeout: float) -> int:
             "selftest": None if selftest is None else selftest.to_dict(),
         },
         "can_serve": status.available or local_usable,
+        "log_file": str(current_log_file()),
     }
     await manager.engine.aclose()  # an SSH tunnel stops now, not at exit
     if as_json:
@@ -243,6 +252,8 @@ async def _doctor(as_json: bool, selftest_timeout: float) -> int:
     print(f"  {'ok' if local_ok else 'missing':<8} {local_text}")
     if selftest is not None:
         _print_selftest(selftest)
+    print("Log")
+    print(f"  file     {current_log_file()}")
     if not result["can_serve"]:
         print("podlab: error: no engine can serve models here", file=sys.stderr)
         print(f"hint: {status.hint}", file=sys.stderr)

@@ -6,7 +6,7 @@ first use, so the window can appear before they are imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,7 @@ from podlab.core.paths import Locations, tighten_private_files
 from podlab.core.settings import LoadedSettings, Settings, load_settings
 
 if TYPE_CHECKING:
+    from podlab.core.chat.conversations import ConversationStore
     from podlab.core.serving.engine import Engine
     from podlab.core.tasks import TaskManager
 
@@ -24,6 +25,8 @@ class Lab:
 
     locations: Locations
     loaded_settings: LoadedSettings
+    conversations_problem: str = field(default="", init=False)
+    """Why conversations are kept in memory only (the database could not be opened), or ""."""
 
     @classmethod
     def open(cls, locations: Locations | None = None) -> Lab:
@@ -51,3 +54,25 @@ class Lab:
         from podlab.core.serving.engine import Engine
 
         return Engine(self.settings, locations=self.locations)
+
+    @cached_property
+    def conversations(self) -> ConversationStore:
+        """The one conversation store of this process (Playground and Compare share it), on
+        the database file; in memory, with `conversations_problem` saying why, when the file
+        cannot be opened, so that chatting still works."""
+        from podlab.core.chat.conversations import ConversationStore
+        from podlab.core.errors import PodlabError
+
+        try:
+            return ConversationStore(self.locations.database_file)
+        except PodlabError as exc:
+            self.conversations_problem = (
+                f"{exc.message}. Conversations are kept in memory until Podlab quits."
+            )
+            return ConversationStore(":memory:")
+
+    def close(self) -> None:
+        """Close what this Lab opened (the conversation store); the process is ending."""
+        store = self.__dict__.pop("conversations", None)
+        if store is not None:
+            store.close()

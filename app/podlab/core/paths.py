@@ -53,11 +53,17 @@ class Locations:
 
     @property
     def log_dir(self) -> Path:
+        """Logs of the processes Podlab starts (Podman service, local servers)."""
         return self.state_dir / "logs"
 
     @property
     def roots(self) -> tuple[Path, ...]:
         return (self.config_dir, self.data_dir, self.state_dir, self.cache_dir)
+
+    @property
+    def log_file(self) -> Path:
+        """Podlab's own log: what went wrong, with tracebacks, for a bug report."""
+        return self.state_dir / "podlab.log"
 
     @classmethod
     def default(cls) -> Locations:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from podlab.core.errors import PodlabError
+
+log = logging.getLogger(__name__)
 
 
 class TaskState(enum.Enum):
@@ -118,6 +121,7 @@ class TaskManager:
             task.state = TaskState.FAILED
             task.error = f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")
         except Exception as exc:  # the task list is where unexpected failures are shown
+            log.exception("task %r failed", task.name)
             task.state = TaskState.FAILED
             task.error = f"{type(exc).__name__}: {exc}"
         else:

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 from podlab import __version__
 
 if TYPE_CHECKING:
-    import asyncio
-
+    import qasync
     from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
@@ -28,12 +27,14 @@ DEFAULT_SIZE = (1280, 800)
 
 
 def parse_gui_args(argv: list[str]) -> argparse.Namespace:
+    from podlab.core.logs import add_log_level_option
     from podlab.ui.main_window import PAGE_KEYS
 
     parser = argparse.ArgumentParser(prog="podlab", description="Open the Podlab window.")
     parser.add_argument("--screenshot", metavar="FILE", help="render the window to a PNG and exit")
     parser.add_argument("--page", choices=PAGE_KEYS, default="dashboard", help="page to show")
     parser.add_argument("--size", default="x".join(map(str, DEFAULT_SIZE)), metavar="WxH")
+    add_log_level_option(parser)
     args = parser.parse_args(argv)
     try:
         width, height = (int(part) for part in args.size.lower().split("x"))
@@ -53,6 +54,8 @@ def run_gui(argv: list[str]) -> int:
     from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
+    from podlab.core.logs import close_logging, configure_logging
+    from podlab.ui.crash import ErrorReporter
     from podlab.ui.main_window import MainWindow, window_icon
     from podlab.ui.theme import apply_theme
 
@@ -62,6 +65,9 @@ def run_gui(argv: list[str]) -> int:
     app.setApplicationVersion(__version__)
     app.setDesktopFileName("io.github.podlab.Podlab")
     lab = Lab.open()
+    log_path = configure_logging(args.log_level, lab.locations)
+    reporter = ErrorReporter(log_path, app)
+    reporter.install()
     apply_theme(app, lab.settings.theme)
     window = MainWindow(lab)
     window.resize(args.width, args.height)
@@ -83,6 +89,7 @@ def run_gui(argv: list[str]) -> int:
 
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
+    reporter.install_loop(loop)
     window.show_page(args.page)
     # Everything made so far lives as long as the app: keep it out of the collector's full
     # passes, which otherwise stall a streaming render for 20-35 ms now and then.
@@ -90,16 +97,18 @@ def run_gui(argv: list[str]) -> int:
     if args.screenshot:
         return _screenshot(window, Path(args.screenshot), loop)
 
+    from podlab.ui import background
     from podlab.ui.engine_status import watch_engine
 
     _quit_on_signals(app)
     with loop:
         quit_event = asyncio.Event()
         app.aboutToQuit.connect(quit_event.set)
-        watcher = loop.create_task(watch_engine(window))
+        background.start(watch_engine(window), "watch the container engine")
         loop.run_until_complete(quit_event.wait())
-        watcher.cancel()
-        loop.run_until_complete(_shutdown(lab, watcher))
+        loop.run_until_complete(_shutdown(lab))
+    reporter.uninstall()
+    close_logging()
     return 0
 
 
@@ -116,20 +125,23 @@ def _quit_on_signals(app: QApplication) -> None:
     tick.start(250)
 
 
-async def _shutdown(lab: Lab, watcher: asyncio.Task[None]) -> None:
+async def _shutdown(lab: Lab) -> None:
     """Cancel and await everything still running, so Python warns about no pending task."""
     import asyncio
 
+    from podlab.ui import background
+
     await lab.tasks.cancel_all()
-    await asyncio.gather(watcher, return_exceptions=True)
+    await asyncio.gather(*background.cancel_all(), return_exceptions=True)
     current = asyncio.current_task()
     rest = [task for task in asyncio.all_tasks() if task is not current]
     for task in rest:
         task.cancel()
     await asyncio.gather(*rest, return_exceptions=True)
+    lab.close()  # after the tasks: a stopped answer is written to the store first
 
 
-def _screenshot(window: MainWindow, path: Path, loop: asyncio.AbstractEventLoop) -> int:
+def _screenshot(window: MainWindow, path: Path, loop: qasync.QEventLoop) -> int:
     """Show offscreen, let the page finish its first async load, grab and save."""
     window.show()
     with loop:
@@ -147,9 +159,10 @@ async def _settle(window: MainWindow) -> None:
     import asyncio
 
     from podlab.ui.engine_status import refresh_engine_status
+    from podlab.ui.page_host import SettlingPage
 
     await refresh_engine_status(window)
-    settle = getattr(window.page(window.current_page_key()), "settle", None)
-    if settle is not None:
-        await settle()
+    page = window.page(window.current_page_key())
+    if isinstance(page, SettlingPage):
+        await page.settle()
     await asyncio.sleep(0.05)

@@ -30,6 +30,7 @@ from podlab.core.models.hardware import HostFacts, read_host_facts
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
 from podlab.core.models.store import PARTIAL, DiskUsage, ModelStore, RemoveResult, StoredModel
 from podlab.core.tasks import Task
+from podlab.ui import background
 from podlab.ui.models.formatting import duration_text
 
 
@@ -124,7 +125,9 @@ class DownloadBridge(QObject):
         if self._facts is not None:
             return self._facts
         if self._facts_task is None:
-            self._facts_task = asyncio.ensure_future(asyncio.to_thread(read_host_facts))
+            self._facts_task = background.start(
+                asyncio.to_thread(read_host_facts), "read the host facts", awaited=True
+            )
         self._facts = await asyncio.shield(self._facts_task)
         return self._facts
 
@@ -249,5 +252,10 @@ def bridge_for(lab: Lab) -> DownloadBridge:
     if found is not None and found[0]() is lab:
         return found[1]
     bridge = DownloadBridge(lab)
-    _bridges[key] = (weakref.ref(lab, lambda _ref, key=key: _bridges.pop(key, None)), bridge)
+
+    def forget(_ref: weakref.ref[Lab], bridges: dict[int, object] = _bridges) -> None:
+        # Bound at definition: at interpreter exit the module's globals may already be None.
+        bridges.pop(key, None)
+
+    _bridges[key] = (weakref.ref(lab, forget), bridge)
     return bridge

@@ -12,7 +12,7 @@ RECHECK_SECONDS = 30.0
 async def refresh_engine_status(window: MainWindow) -> None:
     status = await window.lab.engine.connect()
     if status.available:
-        window.set_engine_status(f"Podman {status.version}", status.url, ok=True)
+        window.set_engine_status(f"Podman {status.version}", status.url or "", ok=True)
     else:
         window.set_engine_status(
             "Podman: not available — services use the local engine",

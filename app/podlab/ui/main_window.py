@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSignalBlocker, QSize, Signal
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
@@ -20,6 +21,12 @@ from PySide6.QtWidgets import (
 )
 
 from podlab.core.lab import Lab
+from podlab.ui import background
+from podlab.ui.page_host import PageHost
+
+if TYPE_CHECKING:
+    from podlab.ui.pages.playground import PlaygroundPage
+    from podlab.ui.pages.services import ServicesPage
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class PageEntry:
     icon: str
     """A QStyle.StandardPixmap name, resolved after the first paint (its enum is costly)."""
     module: str
-    """Module under podlab.ui.pages with a `create_page(lab, window) -> QWidget`."""
+    """Module under podlab.ui.pages with a `create_page(lab, host: PageHost) -> QWidget`."""
 
 
 PAGES: tuple[PageEntry, ...] = (
@@ -49,14 +56,15 @@ PAGE_KEYS = tuple(page.key for page in PAGES)
 
 
 class MainWindow(QMainWindow):
-    """Holds the pages; pages reach core through the shared `Lab`, never through the window."""
+    """Holds the pages; pages reach core through the shared `Lab`, and the window only through
+    what `PageHost` names (this class implements it)."""
 
     sig_page_changed = Signal(str)
     """Emitted with the page key after the user (or code) switched pages."""
 
     def __init__(self, lab: Lab, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.lab = lab
+        self._lab = lab
         self.setWindowTitle("Podlab")
         self.setMinimumSize(QSize(900, 600))
         self._pages: dict[str, QWidget] = {}
@@ -99,16 +107,22 @@ class MainWindow(QMainWindow):
         self.nav.setCurrentRow(0)
         blocker.unblock()
 
+    @property
+    def lab(self) -> Lab:
+        return self._lab
+
     def page(self, key: str) -> QWidget:
         """The page widget for `key`, created on first use."""
         if key not in self._pages:
             entry = next(page for page in PAGES if page.key == key)
             module = importlib.import_module(f"podlab.ui.pages.{entry.module}")
-            widget: QWidget = module.create_page(self.lab, self)
+            host: PageHost = self  # mypy checks here that the window is a PageHost
+            widget: QWidget = module.create_page(self.lab, host)
             index = PAGE_KEYS.index(key)
             old = self.stack.widget(index)
-            self.stack.removeWidget(old)
-            old.deleteLater()
+            if old is not None:
+                self.stack.removeWidget(old)
+                old.deleteLater()
             self.stack.insertWidget(index, widget)
             self._pages[key] = widget
         return self._pages[key]
@@ -137,6 +151,23 @@ class MainWindow(QMainWindow):
     def current_page_key(self) -> str:
         return PAGE_KEYS[self.nav.currentRow()]
 
+    def services_page(self) -> ServicesPage:
+        from podlab.ui.pages.services import ServicesPage
+
+        page = self.page("services")
+        assert isinstance(page, ServicesPage)
+        return page
+
+    def playground_page(self) -> PlaygroundPage:
+        from podlab.ui.pages.playground import PlaygroundPage
+
+        page = self.page("playground")
+        assert isinstance(page, PlaygroundPage)
+        return page
+
+    def show_status(self, text: str, timeout_ms: int = 10000) -> None:
+        self.statusBar().showMessage(text, timeout_ms)
+
     def set_engine_status(self, text: str, tooltip: str = "", ok: bool = True) -> None:
         self.engine_label.setText(text)
         self.engine_label.setToolTip(tooltip)
@@ -157,6 +188,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         for handler in self._close_handlers:
             handler()
+        background.cancel_all()
         super().closeEvent(event)
 
 

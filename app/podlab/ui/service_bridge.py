@@ -178,7 +178,11 @@ def service_bridge_for(lab: Lab) -> ServiceBridge:
     if found is not None and found[0]() is lab and shiboken6.isValid(found[1]):
         return found[1]
     bridge = ServiceBridge(lab)
-    _bridges[key] = (weakref.ref(lab, lambda _ref, key=key: _bridges.pop(key, None)), bridge)
+
+    def forget(_ref: weakref.ref[Lab]) -> None:
+        _bridges.pop(key, None)
+
+    _bridges[key] = (weakref.ref(lab, forget), bridge)
     return bridge
 
 

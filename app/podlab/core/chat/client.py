@@ -60,7 +60,9 @@ perf_counter = time.perf_counter
 _raw_decode = json.JSONDecoder().raw_decode
 _MALFORMED = object()
 
-ErrorKind = Literal["http", "server", "malformed", "connection", "interrupted", "timeout"]
+ErrorKind = Literal[
+    "http", "server", "malformed", "connection", "interrupted", "timeout", "internal"
+]
 AnswerState = Literal["complete", "interrupted", "error"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -122,7 +124,8 @@ class Error:
     kind: "http" (non-2xx answer), "server" (an error event inside the stream), "malformed"
     (an event that is not valid JSON; the stream goes on), "connection" (cannot connect or the
     connection broke before any answer), "interrupted" (the connection ended before the answer
-    finished), "timeout" (no data for the read timeout: a stalled server).
+    finished), "timeout" (no data for the read timeout: a stalled server), "internal" (a bug
+    in Podlab, not a problem of the server; it is also raised to the caller).
     """
 
     message: str

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
+
 from podlab.core.chat.client import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -37,6 +39,7 @@ from podlab.core.chat.client import (
     ChatEvent,
     Done,
     Error,
+    ErrorKind,
     GenerationParams,
     Metrics,
     server_key,
@@ -520,6 +523,7 @@ class Comparison:
         started = time.perf_counter()
         exclusive = len(chains) == 1  # one pane at a time: energy can be told apart per pane
         tasks: list[asyncio.Task[None]] = []
+        bugs: list[Exception] = []
 
         def client_for(pane: Pane) -> ChatClient:
             key = (pane.endpoint, pane.api_key)
@@ -541,12 +545,12 @@ class Comparison:
                         if isinstance(event, Done):
                             _fill(pane_result, event)
                         queue.put_nowait(PaneEvent(index, event))
-            except Exception as exc:  # a broken pane must not stop the others
+            except (PodlabError, httpx.HTTPError, OSError) as exc:  # this pane's server
                 message = str(exc) or type(exc).__name__
-                pane_result.error = message
-                metrics = Metrics(None, 0, None, 0.0)
-                queue.put_nowait(PaneEvent(index, Error(message, None, "connection")))
-                queue.put_nowait(PaneEvent(index, Done(None, metrics, error=message)))
+                _pane_failed(queue, index, pane_result, message, "connection")
+            except Exception as exc:  # a bug: the other panes go on, the caller gets it after
+                bugs.append(exc)
+                _pane_failed(queue, index, pane_result, f"{type(exc).__name__}: {exc}", "internal")
             pane_result.finished_s = time.perf_counter() - started
             if measurement is not None:
                 pane_result.energy_j = await _energy_end(measurement)
@@ -572,6 +576,8 @@ class Comparison:
                 result.energy_j = await _energy_end(round_energy)
             self._finish_round(result, remember)
             yield RoundDone(result)
+            if bugs:  # the round is saved and shown; now the error handler hears of the bug
+                raise bugs[0]
         finally:
             # Stop the panes first (closing their streams and connections), then the clients.
             for task in tasks:
@@ -728,6 +734,20 @@ def load_prompts(path: Path | str) -> list[str]:
     if not prompts:
         raise PodlabError(f"{file} has no prompts")
     return prompts
+
+
+def _pane_failed(
+    queue: asyncio.Queue[CompareEvent | None],
+    index: int,
+    result: PaneResult,
+    message: str,
+    kind: ErrorKind,
+) -> None:
+    """Finish a pane that raised: its error event and a Done, as a failed stream ends."""
+    result.error = message
+    metrics = Metrics(None, 0, None, 0.0)
+    queue.put_nowait(PaneEvent(index, Error(message, None, kind)))
+    queue.put_nowait(PaneEvent(index, Done(None, metrics, error=message)))
 
 
 def _fill(result: PaneResult, done: Done) -> None:

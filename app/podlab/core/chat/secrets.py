@@ -60,7 +60,8 @@ def _keyring_backend() -> object | None:
 
     try:
         backend = keyring.get_keyring()
-    except Exception:
+    except Exception:  # a broken keyring setup: keys are kept in memory instead
+        log.info("no usable keyring backend", exc_info=True)
         return None
     if isinstance(backend, fail.Keyring):
         return None

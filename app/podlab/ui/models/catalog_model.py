@@ -17,10 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
-    QModelIndex,
     QObject,
-    QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
 )
@@ -31,8 +28,7 @@ from podlab.core.models.hardware import Fit, HostFacts, estimate_memory, fit_var
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
 from podlab.core.models.store import PARTIAL, READY, StoredModel
 from podlab.ui.models.formatting import context_text, params_text, short_size_text
-
-ModelIndex = QModelIndex | QPersistentModelIndex
+from podlab.ui.models.table import ModelIndex, RowTableModel
 
 COLUMNS = ("Name", "Publisher", "Params", "Quantization", "Size", "Context", "License", "Fit")
 (COL_NAME, COL_PUBLISHER, COL_PARAMS, COL_QUANT, COL_SIZE, COL_CONTEXT, COL_LICENSE, COL_FIT) = (
@@ -97,12 +93,13 @@ def _haystack(model: ModelInfo) -> str:
     return "\n".join((model.id, model.name, model.publisher or "", model.description)).casefold()
 
 
-class CatalogTableModel(QAbstractTableModel):
+class CatalogTableModel(RowTableModel[_Row]):
     """Catalog models with their shown variant, local state and fit badge."""
+
+    columns = COLUMNS
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._rows: list[_Row] = []
         self._row_of: dict[str, int] = {}
         self._variant_row: dict[str, int] = {}
         self._chosen: dict[str, str] = {}
@@ -192,9 +189,12 @@ class CatalogTableModel(QAbstractTableModel):
     def models(self) -> list[ModelInfo]:
         return [row.model for row in self._rows]
 
-    def row_of(self, model_id: str) -> int:
-        """The source row of a model id, or -1."""
-        return self._row_of.get(model_id, -1)
+    def row_key(self, item: _Row) -> str:
+        return item.model.id
+
+    def row_of(self, key: str) -> int:
+        """The source row of a model id, or -1 (from an index kept with the rows: fast)."""
+        return self._row_of.get(key, -1)
 
     def row_record(self, row: int) -> _Row:
         return self._rows[row]
@@ -334,22 +334,16 @@ class CatalogTableModel(QAbstractTableModel):
 
     # -- Qt model API --------------------------------------------------------------------------
 
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
     def headerData(
         self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
     ) -> object:
-        if orientation != Qt.Orientation.Horizontal:
-            return None
-        if role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        if role == Qt.ItemDataRole.ToolTipRole and section == COL_FIT:
+        if (
+            orientation == Qt.Orientation.Horizontal
+            and role == Qt.ItemDataRole.ToolTipRole
+            and section == COL_FIT
+        ):
             return "Will it run here? Estimated at the context length chosen above the table."
-        return None
+        return super().headerData(section, orientation, role)
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> object:
         if role == SORT_ROLE:

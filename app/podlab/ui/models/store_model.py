@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
-    QModelIndex,
     QObject,
-    QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
 )
@@ -17,8 +14,7 @@ from PySide6.QtGui import QFont
 
 from podlab.core.models.store import MISSING, PARTIAL, READY, StoredModel
 from podlab.ui.models.formatting import size_text
-
-ModelIndex = QModelIndex | QPersistentModelIndex
+from podlab.ui.models.table import ModelIndex, RowTableModel
 
 COLUMNS = ("Name", "Source", "Quantization", "Size", "State", "Path")
 COL_NAME, COL_SOURCE, COL_QUANT, COL_SIZE, COL_STATE, COL_PATH = range(len(COLUMNS))
@@ -52,30 +48,28 @@ def partial_fraction(entry: StoredModel) -> float | None:
     return min(1.0, entry.done / entry.size)
 
 
-class StoreTableModel(QAbstractTableModel):
+class StoreTableModel(RowTableModel[StoredModel]):
     """Rows are StoredModel entries; running downloads add their live percentage."""
+
+    columns = COLUMNS
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._entries: list[StoredModel] = []
         self._progress: dict[str, float | None] = {}
 
     def set_entries(self, entries: Sequence[StoredModel]) -> None:
         self.beginResetModel()
-        self._entries = list(entries)
+        self._rows = list(entries)
         self.endResetModel()
 
     def entries(self) -> list[StoredModel]:
-        return list(self._entries)
+        return list(self._rows)
 
     def entry_at(self, row: int) -> StoredModel | None:
-        return self._entries[row] if 0 <= row < len(self._entries) else None
+        return self.item_at(row)
 
-    def row_of(self, model_id: str) -> int:
-        for row, entry in enumerate(self._entries):
-            if entry.id == model_id:
-                return row
-        return -1
+    def row_key(self, item: StoredModel) -> str:
+        return item.id
 
     def set_progress(self, model_id: str, fraction: float | None) -> None:
         self._progress[model_id] = fraction
@@ -103,19 +97,6 @@ class StoreTableModel(QAbstractTableModel):
         return entry.state
 
     # -- Qt model API --------------------------------------------------------------------------
-
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._entries)
-
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> object:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> object:
         entry = self.entry_at(index.row()) if index.isValid() else None

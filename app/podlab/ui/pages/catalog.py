@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMainWindow,
     QMessageBox,
     QPushButton,
     QSpinBox,
@@ -43,6 +42,7 @@ from podlab.core.models.hardware import Fit, MemoryEstimate
 from podlab.core.models.modelinfo import CAPABILITIES, ModelInfo, ModelVariant
 from podlab.core.models.store import PARTIAL, READY, StoredModel
 from podlab.core.tasks import Task
+from podlab.ui import background
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models import select_source_row
 from podlab.ui.models.catalog_model import (
@@ -60,6 +60,7 @@ from podlab.ui.models.catalog_model import (
     fit_dot,
 )
 from podlab.ui.models.formatting import context_text, params_text, size_text
+from podlab.ui.page_host import PageHost
 from podlab.ui.pages.services import open_model_in_playground, serve_model
 from podlab.ui.service_bridge import ask
 from podlab.ui.widgets.model_card import ModelCardView
@@ -389,11 +390,11 @@ class CatalogPage(QWidget):
     sig_catalog_loaded = Signal(int)
     """Emitted with the number of models after the catalog was (re)loaded."""
 
-    def __init__(self, lab: Lab, window: QWidget | None = None) -> None:
+    def __init__(self, lab: Lab, host: PageHost | None = None) -> None:
         super().__init__()
         self.title = "Catalog"
         self.lab = lab
-        self.main_window = window
+        self._host = host
         self.bridge = bridge_for(lab)
         self.errors: list[ConfigError] = []
         self.active_dialog: QMessageBox | None = None
@@ -522,11 +523,10 @@ class CatalogPage(QWidget):
         self.bridge.sig_store_changed.connect(self._on_store_changed)
         self.bridge.sig_download_progress.connect(self._on_download_progress)
         self.bridge.sig_download_finished.connect(self._on_download_finished)
-        self._loading: asyncio.Future[None] = asyncio.ensure_future(self._load())
+        self._loading: asyncio.Task[None] = background.start(self._load(), "load the catalog page")
         self._attached = True
-        add_close_handler = getattr(window, "on_close", None)
-        if callable(add_close_handler):
-            add_close_handler(self.detach)
+        if host is not None:
+            host.on_close(self.detach)
 
     def detach(self) -> None:
         """Disconnect from the shared bridge (it outlives the page); safe to call twice."""
@@ -595,7 +595,10 @@ class CatalogPage(QWidget):
     @asyncSlot()
     async def reload(self) -> None:
         """Read the catalog files again; the banner shows their problems anew."""
-        self._loading = asyncio.ensure_future(self._load(reload=True))
+        # awaited here: a failure reaches the handler once, through this async slot
+        self._loading = background.start(
+            self._load(reload=True), "reload the catalog", awaited=True
+        )
         await self._loading
 
     async def _refresh_store(self) -> None:
@@ -678,9 +681,8 @@ class CatalogPage(QWidget):
     # -- actions ---------------------------------------------------------------------------------
 
     def _status(self, text: str, msecs: int = 8000) -> None:
-        window = self.main_window
-        if isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, msecs)
+        if self._host is not None:
+            self._host.show_status(text, msecs)
 
     def _selected(self) -> tuple[ModelInfo, ModelVariant] | None:
         model, variant = self.details.model, self.details.variant
@@ -735,7 +737,7 @@ class CatalogPage(QWidget):
             return None
         model, variant, entry = found
         self.sig_serve_requested.emit(model.id, variant.id)
-        return await serve_model(self.main_window, entry)
+        return await serve_model(self._host, entry)
 
     @asyncSlot()
     async def _on_playground_clicked(self) -> None:
@@ -748,7 +750,7 @@ class CatalogPage(QWidget):
         if found is None:
             return False
         model, variant, entry = found
-        opened = await open_model_in_playground(self.main_window, entry)
+        opened = await open_model_in_playground(self._host, entry)
         if opened:
             self.sig_open_in_playground.emit(model.id, variant.id)
         return opened
@@ -809,5 +811,5 @@ class CatalogPage(QWidget):
             self._status("Download finished; the model is on the Models page")
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
-    return CatalogPage(lab, window)
+def create_page(lab: Lab, host: PageHost) -> QWidget:
+    return CatalogPage(lab, host)

@@ -57,11 +57,12 @@ from podlab.core.chat.compare import (
     compute_leaderboard,
     load_prompts,
 )
-from podlab.core.chat.conversations import ConversationStore
 from podlab.core.chat.energy import EnergyMeter
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text
+from podlab.ui import background
+from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.chat_view import ChatView, MessageWidget, format_ms
 from podlab.ui.widgets.generation_form import EndpointPicker, ParamsForm
 
@@ -226,10 +227,9 @@ class ComparePage(QWidget):
     sig_round_finished = Signal(object)
     """Emitted with the `RoundResult` after every round (also after a stopped one: None)."""
 
-    def __init__(self, lab: Lab, window: QWidget | None = None) -> None:
+    def __init__(self, lab: Lab, host: PageHost | None = None) -> None:
         super().__init__()
         self.lab = lab
-        self._window = window
         self._closed = False
         self._busy = False
         self._task: asyncio.Task[None] | None = None
@@ -238,7 +238,9 @@ class ComparePage(QWidget):
         self.rounds: list[RoundResult] = []
         self.prompt_set: PromptSetResult | None = None
         self.energy = EnergyMeter()
-        self.store = self._open_store()
+        self.store = lab.conversations
+        if lab.conversations_problem:
+            log.warning("comparisons are not saved: %s", lab.conversations_problem)
         self._bridge: Any = None
 
         # -- top bar
@@ -390,19 +392,12 @@ class ComparePage(QWidget):
         for _ in range(MIN_PANES):
             self.add_pane()
         self._connect_services()
-        if window is not None and hasattr(window, "on_close"):
-            window.on_close(self.shutdown)
+        if host is not None:
+            host.on_close(self.shutdown)
         self._update_buttons()
         self.refresh_leaderboard()
 
     # -- plumbing ----------------------------------------------------------------------------
-
-    def _open_store(self) -> ConversationStore:
-        try:
-            return ConversationStore(self.lab.locations.database_file)
-        except PodlabError as exc:
-            log.warning("comparisons are not saved: %s", exc.message)
-            return ConversationStore(":memory:")
 
     @staticmethod
     def _table(headers: list[str]) -> QTableWidget:
@@ -420,8 +415,8 @@ class ComparePage(QWidget):
             from podlab.ui.service_bridge import service_bridge_for
 
             self._bridge = service_bridge_for(self.lab)
-        except Exception as exc:  # services are optional: URLs work without them
-            log.debug("no service bridge: %s", exc)
+        except Exception:  # services are optional: URLs work without them
+            log.warning("no service bridge: services are not offered", exc_info=True)
             return
         self._bridge.sig_services_listed.connect(self._on_services_listed)
         self._on_services_listed(self._bridge.services())
@@ -437,12 +432,8 @@ class ComparePage(QWidget):
         if self._bridge is not None and shiboken6.isValid(self._bridge):
             self._bridge.sig_services_listed.disconnect(self._on_services_listed)
         self._bridge = None
-        task = self._task
-        if task is not None and not task.done():
-            task.add_done_callback(lambda _task: self.store.close())
-            task.cancel()
-        else:
-            self.store.close()
+        if self._task is not None:
+            self._task.cancel()  # the store is the Lab's: it stays open for the other pages
 
     async def settle(self) -> None:
         """Nothing loads in the background; present for screenshots."""
@@ -523,7 +514,7 @@ class ComparePage(QWidget):
                 self._set_busy(False)
 
         self._set_busy(True)
-        self._task = asyncio.get_event_loop().create_task(run())
+        self._task = background.start(run(), "compare round")
         return self._task
 
     def _set_busy(self, busy: bool) -> None:
@@ -720,7 +711,7 @@ class ComparePage(QWidget):
                 self.summary_table.setItem(row, column, QTableWidgetItem(text))
 
     def _ask_prompt_file(self) -> None:
-        asyncio.get_event_loop().create_task(self._load_prompt_file())
+        background.start(self._load_prompt_file(), "load a prompt file")
 
     async def _load_prompt_file(self) -> None:
         from podlab.ui.service_bridge import exec_dialog
@@ -787,7 +778,7 @@ class ComparePage(QWidget):
         return path
 
     def _ask_export(self, kind: str) -> None:
-        asyncio.get_event_loop().create_task(self._export_dialog(kind))
+        background.start(self._export_dialog(kind), f"export the comparison as {kind}")
 
     async def _export_dialog(self, kind: str) -> None:
         from podlab.ui.service_bridge import exec_dialog
@@ -831,5 +822,5 @@ def _rate(metrics: Metrics | None) -> str:
     return f"{metrics.tokens_per_s:.1f}"
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
-    return ComparePage(lab, window)
+def create_page(lab: Lab, host: PageHost) -> QWidget:
+    return ComparePage(lab, host)

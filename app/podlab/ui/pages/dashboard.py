@@ -10,6 +10,7 @@ a failure in one card is shown on that card instead of breaking the page.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -54,8 +55,9 @@ from podlab.core.serving.gpu import (
 )
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.selftest import SelfTestResult, run_selftest, selftest_model
+from podlab.ui import background
 from podlab.ui.download_bridge import DownloadBridge, bridge_for
-from podlab.ui.main_window import MainWindow
+from podlab.ui.page_host import PageHost
 from podlab.ui.service_bridge import (
     MessageDialog,
     ServiceBridge,
@@ -63,6 +65,8 @@ from podlab.ui.service_bridge import (
     open_dialog,
     service_bridge_for,
 )
+
+log = logging.getLogger(__name__)
 
 LEVEL_COLOURS = {
     "ok": "#2e7d32",
@@ -174,7 +178,7 @@ class Card(QFrame):
         for layout in (self._body, self._buttons):
             while layout.count():
                 item = layout.takeAt(0)
-                widget = item.widget()
+                widget = item.widget() if item is not None else None
                 if widget is not None:
                     widget.hide()
                     widget.deleteLater()
@@ -217,7 +221,8 @@ class Card(QFrame):
         """Everything the card says, as plain text (tests and accessibility read it)."""
         parts = [self.title.text(), self.chip.text()]
         for index in range(self._body.count()):
-            widget = self._body.itemAt(index).widget()
+            item = self._body.itemAt(index)
+            widget = item.widget() if item is not None else None
             if isinstance(widget, QLabel):
                 doc = widget.text()
                 if widget.textFormat() == Qt.TextFormat.RichText:
@@ -294,11 +299,11 @@ class DashboardPage(QWidget):
 
     MIN_REFRESH_GAP = 5.0
 
-    def __init__(self, lab: Lab, window: QWidget | None = None) -> None:
+    def __init__(self, lab: Lab, host: PageHost | None = None) -> None:
         super().__init__()
         self.title = "Dashboard"
         self._lab = lab
-        self._window = window
+        self._host = host
         self.probe = HostProbe()
         """How GPUs are detected; tests point it at a fake /sys, /dev and /etc/cdi tree."""
         self.cdi_spec_path: Path | None = None
@@ -313,8 +318,8 @@ class DashboardPage(QWidget):
         self._models.sig_store_changed.connect(self._on_store_changed)
         self._services: ServiceBridge | None = service_bridge_for(lab)
         self._services.sig_service_event.connect(self._on_service_event)
-        if isinstance(window, MainWindow):
-            window.on_close(self.detach)
+        if host is not None:
+            host.on_close(self.detach)
         self.last_engine_status: EngineStatus | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._last_refresh = -1e9
@@ -354,12 +359,12 @@ class DashboardPage(QWidget):
 
         inner = QWidget()
         inner.setObjectName("dashboard-inner")
-        column = QVBoxLayout(inner)
-        column.setContentsMargins(0, 0, 8, 0)
-        column.addLayout(grid)
-        column.addWidget(gpu_heading)
-        column.addLayout(self.gpu_box)
-        column.addStretch(1)
+        page_column = QVBoxLayout(inner)
+        page_column.setContentsMargins(0, 0, 8, 0)
+        page_column.addLayout(grid)
+        page_column.addWidget(gpu_heading)
+        page_column.addLayout(self.gpu_box)
+        page_column.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -407,7 +412,7 @@ class DashboardPage(QWidget):
         if self._refresh_task is None or self._refresh_task.done():
             loop = asyncio.get_event_loop_policy().get_event_loop()
             self._last_refresh = loop.time()
-            self._refresh_task = loop.create_task(self.refresh())
+            self._refresh_task = background.start(self.refresh(), "refresh the dashboard")
         return self._refresh_task
 
     async def settle(self) -> None:
@@ -436,6 +441,8 @@ class DashboardPage(QWidget):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one broken fact must not hide the others
+            if not isinstance(exc, PodlabError):
+                log.error("a dashboard card failed to load", exc_info=True)
             card.clear()
             card.set_status("error", "Error")
             message = (
@@ -572,8 +579,9 @@ class DashboardPage(QWidget):
         """Run the self-test in the background (never holding the page's first paint); returns
         the task, or the one already running."""
         if self._selftest_task is None or self._selftest_task.done():
-            loop = asyncio.get_event_loop_policy().get_event_loop()
-            self._selftest_task = loop.create_task(self._run_selftest())
+            self._selftest_task = background.start(
+                self._run_selftest(), "self-test the local engine"
+            )
         return self._selftest_task
 
     async def _run_selftest(self) -> None:
@@ -790,17 +798,14 @@ class DashboardPage(QWidget):
         card.add_button("open", "Open Services", lambda: self._open_page("services"))
 
     def _open_page(self, key: str) -> None:
-        show_page = getattr(self._window, "show_page", None)
-        if callable(show_page):
-            show_page(key)
+        if self._host is not None:
+            self._host.show_page(key)
 
     # ------------------------------------------------------------------ messages
 
     def _status(self, text: str) -> None:
-        window = self.window()
-        status_bar = getattr(window, "statusBar", None)
-        if callable(status_bar):
-            status_bar().showMessage(text, 8000)
+        if self._host is not None:
+            self._host.show_status(text, 8000)
 
     def _warn(self, title: str, exc: PodlabError) -> None:
         box = MessageDialog(self, title, exc.message, exc.hint, level="warning")
@@ -812,8 +817,8 @@ class DashboardPage(QWidget):
         self.active_dialog = None
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
-    return DashboardPage(lab, window)
+def create_page(lab: Lab, host: PageHost) -> QWidget:
+    return DashboardPage(lab, host)
 
 
 __all__ = ["NO_GPU_TEXT", "Card", "DashboardPage", "create_page"]

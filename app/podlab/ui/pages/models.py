@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMainWindow,
     QMessageBox,
     QPushButton,
     QSplitter,
@@ -37,6 +36,7 @@ from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.models.store import PARTIAL, READY, DiskUsage, StoredModel
 from podlab.core.tasks import Task
+from podlab.ui import background
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models import select_source_row
 from podlab.ui.models.formatting import context_text, params_text, size_text
@@ -53,6 +53,7 @@ from podlab.ui.models.store_model import (
     StoreTableModel,
     source_text,
 )
+from podlab.ui.page_host import PageHost
 from podlab.ui.pages.services import open_model_in_playground, serve_model
 from podlab.ui.service_bridge import ask
 
@@ -128,11 +129,11 @@ class ModelsPage(QWidget):
     sig_model_imported = Signal(str)
     """Emitted with the store id of a GGUF file the user imported."""
 
-    def __init__(self, lab: Lab, window: QWidget | None = None) -> None:
+    def __init__(self, lab: Lab, host: PageHost | None = None) -> None:
         super().__init__()
         self.title = "Models"
         self.lab = lab
-        self.main_window = window
+        self._host = host
         self.bridge = bridge_for(lab)
         self.active_dialog: QWidget | None = None
         self.usage: DiskUsage | None = None
@@ -248,11 +249,10 @@ class ModelsPage(QWidget):
         self.bridge.sig_download_progress.connect(self._on_download_progress)
         self.bridge.sig_download_finished.connect(self._on_download_finished)
         self._update_buttons()
-        self._loading: asyncio.Future[None] = asyncio.ensure_future(self.refresh())
+        self._loading: asyncio.Task[None] = background.start(self.refresh(), "load the models page")
         self._attached = True
-        add_close_handler = getattr(window, "on_close", None)
-        if callable(add_close_handler):
-            add_close_handler(self.detach)
+        if host is not None:
+            host.on_close(self.detach)
 
     def detach(self) -> None:
         """Disconnect from the shared bridge (it outlives the page); safe to call twice."""
@@ -357,9 +357,8 @@ class ModelsPage(QWidget):
     # -- messages --------------------------------------------------------------------------------
 
     def _status(self, text: str, msecs: int = 8000) -> None:
-        window = self.main_window
-        if isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, msecs)
+        if self._host is not None:
+            self._host.show_status(text, msecs)
 
     def _problem(self, exc: PodlabError) -> None:
         self.notice.setText(f"{exc.message}" + (f"\n{exc.hint}" if exc.hint else ""))
@@ -466,7 +465,7 @@ class ModelsPage(QWidget):
         if entry is None or entry.state != READY or self.bridge.active_task(entry.id):
             return None
         self.sig_serve_requested.emit(entry.id)
-        return await serve_model(self.main_window, entry)
+        return await serve_model(self._host, entry)
 
     @asyncSlot()
     async def _on_playground_clicked(self) -> None:
@@ -478,7 +477,7 @@ class ModelsPage(QWidget):
         entry = self.current_entry()
         if entry is None or entry.state != READY or self.bridge.active_task(entry.id):
             return False
-        return await open_model_in_playground(self.main_window, entry)
+        return await open_model_in_playground(self._host, entry)
 
     # -- bridge events ---------------------------------------------------------------------------
 
@@ -498,5 +497,5 @@ class ModelsPage(QWidget):
         self.source.clear_progress(store_id)
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
-    return ModelsPage(lab, window)
+def create_page(lab: Lab, host: PageHost) -> QWidget:
+    return ModelsPage(lab, host)

@@ -59,10 +59,12 @@ from podlab.core.chat.client import (
     Token,
     normalize_base_url,
 )
-from podlab.core.chat.conversations import Conversation, ConversationStore, SearchHit
+from podlab.core.chat.conversations import Conversation, SearchHit
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text
+from podlab.ui import background
+from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.chat_view import ChatView, MessageWidget
 from podlab.ui.widgets.generation_form import EndpointPicker, ParamsForm
 
@@ -170,10 +172,9 @@ class PlaygroundPage(QWidget):
     sig_answer_finished = Signal(object)
     """Emitted with the answer's MessageWidget when a stream ended (done, failed or stopped)."""
 
-    def __init__(self, lab: Lab, window: QWidget | None = None) -> None:
+    def __init__(self, lab: Lab, host: PageHost | None = None) -> None:
         super().__init__()
         self.lab = lab
-        self._window = window
         self.conversation: Conversation | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._services_task: asyncio.Task[Any] | None = None
@@ -184,7 +185,7 @@ class PlaygroundPage(QWidget):
         self.last_stop_ms: float | None = None
         """How long the last Stop took, from the key press to the answer being closed."""
         self._stop_pressed: float | None = None
-        self.store, store_problem = self._open_store()
+        self.store = lab.conversations
 
         # -- left: conversations
         self.conversations = ConversationListModel(self)
@@ -361,29 +362,22 @@ class PlaygroundPage(QWidget):
 
         self._bridge: Any = None
         self._connect_services()
-        if window is not None and hasattr(window, "on_close"):
-            window.on_close(self.shutdown)
-        if store_problem:
-            self.show_status(store_problem, error=True)
+        if host is not None:
+            host.on_close(self.shutdown)
+        if lab.conversations_problem:
+            self.show_status(lab.conversations_problem, error=True)
         self._update_buttons()
         self.reload_conversations()
 
     # -- store and services ------------------------------------------------------------------
-
-    def _open_store(self) -> tuple[ConversationStore, str]:
-        try:
-            return ConversationStore(self.lab.locations.database_file), ""
-        except PodlabError as exc:
-            problem = f"{exc.message}. Conversations are kept in memory until Podlab quits."
-            return ConversationStore(":memory:"), problem
 
     def _connect_services(self) -> None:
         try:
             from podlab.ui.service_bridge import service_bridge_for
 
             self._bridge = service_bridge_for(self.lab)
-        except Exception as exc:  # services are optional here: any URL works without them
-            log.debug("no service bridge: %s", exc)
+        except Exception:  # services are optional here: any URL works without them
+            log.warning("no service bridge: services are not offered", exc_info=True)
             self._bridge = None
             return
         self._bridge.sig_services_listed.connect(self._on_services_listed)
@@ -413,10 +407,12 @@ class PlaygroundPage(QWidget):
             async def refresh() -> None:
                 try:
                     await self._bridge.refresh()
-                except Exception as exc:  # no Podman: URLs still work
-                    log.debug("services not listed: %s", exc)
+                except PodlabError as exc:  # no Podman: URLs still work
+                    log.debug("services not listed: %s", exc.message)
+                except Exception:  # still no reason to stop the Playground: URLs work
+                    log.warning("services not listed", exc_info=True)
 
-            self._services_task = asyncio.get_event_loop().create_task(refresh())
+            self._services_task = background.start(refresh(), "list the services")
         return self._services_task
 
     def select_service(self, service_id: str) -> None:
@@ -437,17 +433,14 @@ class PlaygroundPage(QWidget):
                 await asyncio.wait_for(asyncio.shield(task), 5.0)
 
     def shutdown(self) -> None:
-        """The window closes: stop the stream (its answer is kept, interrupted), close the store."""
+        """The window closes: stop the stream (its answer is kept, interrupted); the store is
+        the Lab's and stays open until the process ends."""
         if self._closed:
             return
         self._closed = True
         self._disconnect_services()
-        task = self._stream_task
-        if task is not None and not task.done():
-            task.add_done_callback(lambda _task: self.store.close())
-            task.cancel()
-        else:
-            self.store.close()
+        if self._stream_task is not None:
+            self._stream_task.cancel()
 
     # -- conversations -----------------------------------------------------------------------
 
@@ -566,7 +559,7 @@ class PlaygroundPage(QWidget):
         ident = self._current_id()
         if ident is None:
             return
-        asyncio.get_event_loop().create_task(self._confirm_delete(ident))
+        background.start(self._confirm_delete(ident), "delete a conversation")
 
     async def _confirm_delete(self, conversation_id: int) -> None:
         from podlab.ui.service_bridge import MessageDialog, exec_dialog
@@ -589,7 +582,7 @@ class PlaygroundPage(QWidget):
         if ident is None:
             self.show_status("Open a conversation to export it.")
             return
-        asyncio.get_event_loop().create_task(self._ask_export(ident, kind))
+        background.start(self._ask_export(ident, kind), f"export a conversation as {kind}")
 
     async def _ask_export(self, conversation_id: int, kind: str) -> None:
         from podlab.ui.service_bridge import exec_dialog
@@ -694,7 +687,7 @@ class PlaygroundPage(QWidget):
                 self._set_busy(False)
 
         self._set_busy(True)
-        self._stream_task = asyncio.get_event_loop().create_task(run())
+        self._stream_task = background.start(run(), "stream an answer")
         return self._stream_task
 
     def _set_busy(self, busy: bool) -> None:
@@ -703,17 +696,26 @@ class PlaygroundPage(QWidget):
             self._update_buttons()
 
     def _ensure_conversation(self, first_prompt: str) -> Conversation:
-        settings = {
-            "endpoint": self.picker.endpoint(),
-            "model": self.picker.model() or "",
-            "params": self.params_form.to_dict(),
-            "system_prompt": self.system_prompt.toPlainText().strip(),
-        }
+        endpoint = self.picker.endpoint()
+        model = self.picker.model() or ""
+        params = self.params_form.to_dict()
+        system_prompt = self.system_prompt.toPlainText().strip()
         if self.conversation is None:
-            title = conversation_title(first_prompt)
-            self.conversation = self.store.create_conversation(title, **settings)
+            self.conversation = self.store.create_conversation(
+                conversation_title(first_prompt),
+                endpoint=endpoint,
+                model=model,
+                params=params,
+                system_prompt=system_prompt,
+            )
         else:
-            self.conversation = self.store.update_conversation(self.conversation.id, **settings)
+            self.conversation = self.store.update_conversation(
+                self.conversation.id,
+                endpoint=endpoint,
+                model=model,
+                params=params,
+                system_prompt=system_prompt,
+            )
         return self.conversation
 
     def _truncate_from(self, widget: MessageWidget) -> None:
@@ -828,7 +830,7 @@ class PlaygroundPage(QWidget):
         self.status_label.setStyleSheet("QLabel { color: #c0392b; }" if error else "")
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
-    page = PlaygroundPage(lab, window)
+def create_page(lab: Lab, host: PageHost) -> QWidget:
+    page = PlaygroundPage(lab, host)
     page.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
     return page

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import yaml
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -25,7 +26,9 @@ from PySide6.QtWidgets import (
 
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
+from podlab.core.logs import log_file
 from podlab.core.settings import ENGINES, THEMES, Settings, save_settings
+from podlab.ui.page_host import PageHost
 from podlab.ui.theme import apply_theme
 
 CHOICES = {"theme": THEMES, "engine": ENGINES}
@@ -44,8 +47,9 @@ LABELS = {
 
 
 class SettingsPage(QWidget):
-    def __init__(self, lab: Lab, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, lab: Lab, host: PageHost | None = None) -> None:
+        super().__init__()
+        self._host = host
         self.title = "Settings"
         self._lab = lab
         self.editors: dict[str, QWidget] = {}
@@ -65,6 +69,13 @@ class SettingsPage(QWidget):
         self.problems.setObjectName("settings-problems")
         self.location = QLabel(f"File: {lab.loaded_settings.path}")
         self.location.setEnabled(False)
+        self.log_location = QLabel(f"Log file: {log_file() or lab.locations.log_file}")
+        self.log_location.setObjectName("log-file")
+        self.log_location.setToolTip(
+            "Podlab's own log (errors with their details); attach it to a bug report. "
+            "Start with --log-level debug for more."
+        )
+        self.log_location.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         save = QPushButton("Save")
         save.clicked.connect(self.save)
         buttons = QHBoxLayout()
@@ -81,6 +92,7 @@ class SettingsPage(QWidget):
         layout.addWidget(self.problems)
         layout.addWidget(scroll, 1)
         layout.addLayout(buttons)
+        layout.addWidget(self.log_location)
         self._show_problems()
 
     def _make_editor(self, name: str, value: object) -> QWidget:
@@ -162,8 +174,9 @@ class SettingsPage(QWidget):
         if isinstance(app, QApplication):
             apply_theme(app, loaded.settings.theme)
         self._show_problems()
-        self.window().statusBar().showMessage(f"Settings saved to {loaded.path}", 5000)
+        if self._host is not None:
+            self._host.show_status(f"Settings saved to {loaded.path}", 5000)
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
-    return SettingsPage(lab)
+def create_page(lab: Lab, host: PageHost) -> QWidget:
+    return SettingsPage(lab, host)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -17,38 +17,28 @@ from PySide6.QtWidgets import (
 
 from podlab.core.lab import Lab
 from podlab.core.tasks import Task, TaskManager
+from podlab.ui.models.table import ModelIndex, RowTableModel
+from podlab.ui.page_host import PageHost
 
-ModelIndex = QModelIndex | QPersistentModelIndex
 COLUMNS = ("Task", "State", "Progress", "Detail")
 
 
-class TaskTableModel(QAbstractTableModel):
+class TaskTableModel(RowTableModel[Task]):
     """Rows are the manager's tasks; a change to one task repaints one row."""
+
+    columns = COLUMNS
 
     def __init__(self, manager: TaskManager) -> None:
         super().__init__()
         self._manager = manager
-        self._tasks: list[Task] = manager.tasks
+        self._rows = manager.tasks
         manager.subscribe(self._on_task_changed)
 
     def detach(self) -> None:
         self._manager.unsubscribe(self._on_task_changed)
 
     def task_at(self, row: int) -> Task | None:
-        return self._tasks[row] if 0 <= row < len(self._tasks) else None
-
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._tasks)
-
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return len(COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> str | None:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
+        return self.item_at(row)
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> str | None:
         task = self.task_at(index.row())
@@ -64,17 +54,17 @@ class TaskTableModel(QAbstractTableModel):
         return task.error or task.detail
 
     def _on_task_changed(self, task: Task) -> None:
-        if task in self._tasks:
-            row = self._tasks.index(task)
+        if task in self._rows:
+            row = self._rows.index(task)
             self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
             return
-        self.beginInsertRows(QModelIndex(), len(self._tasks), len(self._tasks))
-        self._tasks.append(task)
+        self.beginInsertRows(QModelIndex(), len(self._rows), len(self._rows))
+        self._rows.append(task)
         self.endInsertRows()
 
     def reload(self) -> None:
         self.beginResetModel()
-        self._tasks = self._manager.tasks
+        self._rows = self._manager.tasks
         self.endResetModel()
 
 
@@ -139,5 +129,5 @@ class TasksPage(QWidget):
         self.empty.setVisible(self.model.rowCount() == 0)
 
 
-def create_page(lab: Lab, window: QWidget) -> QWidget:
+def create_page(lab: Lab, host: PageHost) -> QWidget:
     return TasksPage(lab)

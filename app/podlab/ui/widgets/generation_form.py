@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from podlab.core.chat.client import ChatClient, GenerationParams, normalize_base_url
 from podlab.core.errors import PodlabError
+from podlab.ui import background
 
 CUSTOM = "Custom endpoint"
 DEFAULT = "default"
@@ -48,7 +49,7 @@ class EndpointPicker(QWidget):
     def __init__(self, parent: QWidget | None = None, *, compact: bool = False) -> None:
         super().__init__(parent)
         self._services: dict[str, Any] = {}
-        self._models_task: asyncio.Task[None] | None = None
+        self._models_task: asyncio.Task[list[str]] | None = None
         self.last_error = ""
 
         self.service_combo = QComboBox()
@@ -64,7 +65,9 @@ class EndpointPicker(QWidget):
         self.model_combo.setObjectName("model")
         self.model_combo.setEditable(True)
         self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-        self.model_combo.lineEdit().setPlaceholderText("server default")
+        model_edit = self.model_combo.lineEdit()
+        assert model_edit is not None  # the combo is editable
+        model_edit.setPlaceholderText("server default")
         self.model_combo.setMinimumContentsLength(14)
         self.model_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
@@ -208,13 +211,13 @@ class EndpointPicker(QWidget):
 
     # -- models ------------------------------------------------------------------------------
 
-    def refresh_models_soon(self) -> asyncio.Task[None] | None:
+    def refresh_models_soon(self) -> asyncio.Task[list[str]] | None:
         """Ask the endpoint for its models in the background (the previous ask is dropped)."""
         if not self.endpoint():
             return None
         if self._models_task is not None and not self._models_task.done():
             self._models_task.cancel()
-        self._models_task = asyncio.get_event_loop().create_task(self.refresh_models())
+        self._models_task = background.start(self.refresh_models(), "list the models")
         return self._models_task
 
     async def refresh_models(self) -> list[str]:
@@ -359,9 +362,11 @@ class ParamsForm(QWidget):
         for name, widget in self.fields.items():
             widget.blockSignals(True)
             try:
-                if isinstance(widget, QDoubleSpinBox | QSpinBox):
-                    value = getattr(params, name)
-                    widget.setValue(widget.minimum() if value is None else value)
+                value = getattr(params, name)
+                if isinstance(widget, QDoubleSpinBox):
+                    widget.setValue(widget.minimum() if value is None else float(value))
+                elif isinstance(widget, QSpinBox):
+                    widget.setValue(widget.minimum() if value is None else int(value))
                 else:
                     self.stop.setPlainText(
                         "\n".join(s.replace("\n", "\\n").replace("\t", "\\t") for s in params.stop)

@@ -229,6 +229,7 @@ class Download:
             self._set_state(DownloadState.FAILED, exc.message)
             raise
         except Exception as exc:
+            log.exception("download of %s failed unexpectedly", self.url)
             self.error = DownloadError(f"download failed: {exc}", kind="io")
             self._meter.rate = 0.0
             self._set_state(DownloadState.FAILED, self.error.message)
