@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QMessageBox
 from podlab.core.lab import Lab
 from podlab.core.models.hardware import HostFacts
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
-from podlab.core.serving.gpu import GIB
+from podlab.core.serving.gpu.host import GIB
 from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceState
 from podlab.core.tasks import TaskState
 from podlab.ui.download_bridge import bridge_for

@@ -16,7 +16,8 @@ from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
 from podlab.core.lab import Lab
-from podlab.core.serving.gpu import PODLAB_CDI_SPEC_PATH, CommandResult, HostProbe
+from podlab.core.serving.gpu.cdi import PODLAB_CDI_SPEC_PATH
+from podlab.core.serving.gpu.host import CommandResult, HostProbe
 from podlab.ui.main_window import MainWindow
 from podlab.ui.pages.dashboard import NO_GPU_TEXT, CdiSpecDialog, DashboardPage
 

@@ -321,7 +321,7 @@ def test_a_gpu_that_cannot_be_passed_is_never_a_silent_cpu_fallback(
 
 
 def test_the_device_badge_says_what_the_server_log_said() -> None:
-    from podlab.core.serving.gpu import OffloadInfo
+    from podlab.core.serving.offload import OffloadInfo
 
     service = InferenceService(
         id="x", name="x", engine="podman", model_ref="m", model_file="/m.gguf",

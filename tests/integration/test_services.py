@@ -20,7 +20,10 @@ import pytest
 from podlab.core.errors import PodlabError
 from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
 from podlab.core.serving.engine import Engine
-from podlab.core.serving.gpu import GpuInfo, GpuReport, HostProbe, plan_passthrough, read_cdi_specs
+from podlab.core.serving.gpu.cdi import read_cdi_specs
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.host import GpuInfo, HostProbe
+from podlab.core.serving.gpu.passthrough import plan_passthrough
 from podlab.core.serving.services import (
     InferenceService,
     ServiceEvent,

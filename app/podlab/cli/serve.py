@@ -16,7 +16,9 @@ from typing import Any
 from podlab.cli.output import print_json, print_table
 from podlab.core.serving.container_spec import SERVER_KINDS, ServiceOptions
 from podlab.core.serving.engine import Engine
-from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.host import Diagnosis
+from podlab.core.serving.gpu.passthrough import WANTS, plan_passthrough
 from podlab.core.serving.services import (
     ENGINE_CHOICES,
     InferenceService,

@@ -32,7 +32,8 @@ from PySide6.QtWidgets import (
 
 from podlab.core.lab import Lab
 from podlab.core.serving.container_spec import ServiceOptions
-from podlab.core.serving.gpu import GpuReport, PassthroughPlan, plan_passthrough
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.passthrough import PassthroughPlan, plan_passthrough
 from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceManager
 from podlab.core.tasks import Task
 

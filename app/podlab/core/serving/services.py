@@ -16,7 +16,7 @@ Podman containers carry `podlab.*` labels; `list()` finds them again after a res
 labels only, so a container without them is never listed, stopped or removed. Local servers
 are found again through their JSON records (see `local_server`).
 
-After a start, the server's log says where the layers went (`gpu.parse_offload`): the service
+After a start, the server's log says where the layers went (`offload.parse_offload`): the service
 reports the device actually in use ("GPU", "GPU+CPU", "CPU"), and a GPU that was asked for but
 not used becomes a warning diagnosis instead of a silent CPU fallback.
 """
@@ -65,19 +65,16 @@ from podlab.core.serving.container_spec import (
     slug,
 )
 from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine, PullPolicy
-from podlab.core.serving.gpu import (
+from podlab.core.serving.gpu.detect import GpuReport, detect_gpus
+from podlab.core.serving.gpu.host import Diagnosis, HostProbe
+from podlab.core.serving.gpu.passthrough import (
     GPU_LAYERS_ALL,
-    Diagnosis,
-    GpuReport,
-    HostProbe,
-    OffloadInfo,
     Passthrough,
     PassthroughPlan,
-    detect_gpus,
-    parse_offload,
     plan_passthrough,
 )
 from podlab.core.serving.local_server import LocalEngine, LocalRecord
+from podlab.core.serving.offload import OffloadInfo, device_of, parse_offload
 from podlab.core.settings import Settings
 
 EngineName = Literal["podman", "local"]
@@ -376,10 +373,6 @@ def _timestamp(value: Any) -> float:
         with contextlib.suppress(ValueError):
             return datetime.fromisoformat(text).timestamp()
     return time.time()
-
-
-def device_of(offload: OffloadInfo) -> str:
-    return {"gpu": "GPU", "gpu+cpu": "GPU+CPU", "cpu": "CPU"}.get(offload.where, "unknown")
 
 
 def model_server_context() -> Path:

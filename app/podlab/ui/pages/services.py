@@ -58,7 +58,9 @@ from PySide6.QtWidgets import (
 from podlab.core.lab import Lab
 from podlab.core.models.store import PARTIAL, StoredModel
 from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE, ServiceOptions
-from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.host import Diagnosis
+from podlab.core.serving.gpu.passthrough import WANTS, plan_passthrough
 from podlab.core.serving.services import (
     ENGINE_CHOICES,
     InferenceService,

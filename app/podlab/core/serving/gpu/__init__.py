@@ -1,0 +1,1 @@
+"""GPUs for serving: detection (detect), CDI specs (cdi), passthrough planning (passthrough)."""
