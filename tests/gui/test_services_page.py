@@ -14,14 +14,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 from podlab.core.lab import Lab
+from podlab.core.serving.backends.podman import build_model_server_image
 from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
 from podlab.core.serving.engine import Engine
-from podlab.core.serving.services import (
-    InferenceService,
-    ServiceEvent,
-    ServiceState,
-    build_model_server_image,
-)
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.services import ServiceEvent
 from podlab.core.tasks import TaskState
 from podlab.ui.main_window import MainWindow
 from podlab.ui.pages.services import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,9 @@ from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE, ServiceOptio
 from podlab.core.serving.gpu.detect import GpuReport
 from podlab.core.serving.gpu.host import Diagnosis
 from podlab.core.serving.gpu.passthrough import WANTS, plan_passthrough
-from podlab.core.serving.services import (
-    ENGINE_CHOICES,
-    InferenceService,
-    ServiceEvent,
-    ServiceState,
-)
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.planning import ENGINE_CHOICES, ServeRequest
+from podlab.core.serving.services import ServiceEvent
 from podlab.core.serving.snippets import Snippet, snippets
 from podlab.core.tasks import Task
 from podlab.ui.download_bridge import bridge_for
@@ -310,17 +307,6 @@ class BadgeDelegate(QStyledItemDelegate):
         return QSize(size.width() + 20, max(size.height(), option.fontMetrics.height() + 10))
 
 
-@dataclass
-class NewServiceValues:
-    """What the New service dialog asks for."""
-
-    model: str
-    """A GGUF path or a store model id."""
-    engine: str
-    gpu: str
-    options: ServiceOptions
-
-
 def _auto_spin(minimum: int, maximum: int, value: int, auto_text: str = "Auto") -> QSpinBox:
     """A spin box whose lowest value means "let Podlab / the server choose"."""
     spin = QSpinBox()
@@ -520,7 +506,7 @@ class NewServiceDialog(QDialog):
         if not problem:
             self.accept()
 
-    def values(self) -> NewServiceValues:
+    def values(self) -> ServeRequest:
         def auto(spin: QSpinBox) -> int | None:
             return None if spin.value() == spin.minimum() else spin.value()
 
@@ -533,7 +519,7 @@ class NewServiceDialog(QDialog):
             parallel=auto(self.parallel_spin),
             port=auto(self.port_spin),
         )
-        return NewServiceValues(
+        return ServeRequest(
             model=str(Path(self.path_edit.text().strip()).expanduser()),
             engine=str(self.engine_combo.currentData()),
             gpu=str(self.gpu_combo.currentData()),
@@ -1037,21 +1023,21 @@ class ServicesPage(QWidget):
         if model is not None:
             dialog.select_model(model)
         accepted = await ask(self, dialog)
-        values = dialog.values()
+        request = dialog.values()
         dialog.deleteLater()
         if not accepted:
             return None
-        return await self.start_new_service(values, report, on_created=on_created)
+        return await self.start_new_service(request, report, on_created=on_created)
 
     async def start_new_service(
         self,
-        values: NewServiceValues,
+        request: ServeRequest,
         report: GpuReport | None = None,
         *,
         on_created: Callable[[InferenceService], Any] | None = None,
     ) -> Task | None:
-        """Start a service from the dialog's values; asks before running on the CPU when a GPU
-        is present but cannot be passed (never a silent fallback)."""
+        """Start a service as the dialog asked; asks before running on the CPU when a GPU is
+        present but cannot be passed (never a silent fallback)."""
         bridge = self.bridge
         if bridge is None:
             return None
@@ -1060,8 +1046,8 @@ class ServicesPage(QWidget):
         allow_cpu = False
         # Only a container needs the GPU passed (CDI, /dev nodes); the local engine uses
         # whatever its llama.cpp build supports, and the badge says what it really got.
-        engine = await bridge.manager.resolve_engine(values.engine)
-        diagnosis = plan_passthrough(report, values.gpu).diagnosis
+        engine = await bridge.manager.resolve_engine(request.engine)
+        diagnosis = plan_passthrough(report, request.gpu).diagnosis
         if engine == "podman" and diagnosis.level == "error":
             question = MessageDialog(
                 self,
@@ -1078,11 +1064,7 @@ class ServicesPage(QWidget):
             if not allow_cpu:
                 return None
         task = bridge.new_service(
-            values.model,
-            engine=values.engine,
-            gpu=values.gpu,
-            options=values.options,
-            allow_cpu=allow_cpu,
+            replace(request, allow_cpu=allow_cpu),
             on_created=lambda service: self._created(service, on_created),
         )
         self._watch(task)
