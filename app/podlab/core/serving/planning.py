@@ -222,7 +222,6 @@ class Planner:
         request: ServeRequest,
         engine: EngineName,
         ports_in_use: PortsInUse,
-        service_id: str | None = None,
     ) -> PreparedService:
         """Resolve, plan and build the spec (or command) for `engine`.
 
@@ -237,7 +236,7 @@ class Planner:
         resolved = await asyncio.to_thread(resolve_model, request.model, self.settings)
         if resolved.properties:
             options = replace(options, properties={**resolved.properties, **options.properties})
-        service_id = service_id or secrets.token_hex(4)
+        service_id = secrets.token_hex(4)
         if engine == "local":
             return await self._prepare_local(service_id, resolved, request, options, ports_in_use)
         return await self._prepare_container(service_id, resolved, request, options, ports_in_use)

@@ -296,7 +296,11 @@ class ServiceManager:
         within = self.ready_timeout if ready_timeout is None else ready_timeout
         self._emit("changed", service, "waiting for the server to answer")
         try:
-            await wait_ready(service.endpoint, within=within, dead=lambda: self._why_dead(service))
+            await wait_ready(
+                service.endpoint,
+                within=within,
+                dead=lambda: self._backend(service).why_dead(service),
+            )
         except (TimeoutError, RuntimeError) as exc:
             tail = await self.log_text(service, tail=LOG_TAIL_LINES)
             reason = str(exc) or type(exc).__name__
@@ -315,9 +319,6 @@ class ServiceManager:
         if service.device == "unknown" and service.state.running:
             await self._read_device(service)
         return service.device
-
-    async def _why_dead(self, service: InferenceService) -> str | None:
-        return await self._backend(service).why_dead(service)
 
     async def _read_device(self, service: InferenceService) -> None:
         text = await self.log_text(service, tail=None)
@@ -546,10 +547,8 @@ class ServiceManager:
 
 
 __all__ = [
-    "InferenceService",
     "ServiceEvent",
     "ServiceListener",
     "ServiceManager",
-    "ServiceState",
     "wait_ready",
 ]

@@ -1,1 +1,2 @@
-"""GPUs for serving: detection (detect), CDI specs (cdi), passthrough planning (passthrough)."""
+"""GPUs for serving: what the host has (host), detection (detect), CDI specs (cdi) and
+passthrough planning (passthrough)."""
