@@ -72,9 +72,12 @@ async def first_token(api_url: str, model: str) -> str:
 
 async def podlab_round(manager: Any, model: Path, image: str) -> float:
     from podlab.core.serving.container_spec import ServiceOptions
+    from podlab.core.serving.planning import ServeRequest
 
     start = time.perf_counter()
-    service = await manager.serve(model, engine="podman", options=ServiceOptions(image=image))
+    service = await manager.serve(
+        ServeRequest(model, engine="podman", options=ServiceOptions(image=image))
+    )
     await first_token(service.api_url, service.model_ref)
     elapsed = time.perf_counter() - start
     await manager.delete(service)
@@ -86,10 +89,11 @@ async def baseline_round(manager: Any, model: Path, image: str, env: dict[str, s
     from tests import harness
 
     from podlab.core.serving.container_spec import ServiceOptions
+    from podlab.core.serving.planning import ServeRequest
 
     port = harness.free_port()
     prepared = await manager.prepare(
-        model, engine="podman", options=ServiceOptions(image=image, port=port)
+        ServeRequest(model, engine="podman", options=ServiceOptions(image=image, port=port))
     )
     spec = prepared.spec
     spec.name = f"podlab-bench-baseline-{port}"
@@ -118,9 +122,9 @@ async def run_checked(argv: list[str], env: dict[str, str]) -> None:
 
 
 async def ensure_image(url: str) -> str:
+    from podlab.core.serving.backends.podman import build_model_server_image
     from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
     from podlab.core.serving.engine import Engine
-    from podlab.core.serving.services import build_model_server_image
 
     engine = Engine(url=url)
     await engine.connect()

@@ -20,8 +20,9 @@ from PySide6.QtWidgets import QMessageBox
 from podlab.core.lab import Lab
 from podlab.core.models.hardware import HostFacts
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
-from podlab.core.serving.gpu import GIB
-from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceState
+from podlab.core.serving.gpu.host import GIB
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.services import ServiceEvent
 from podlab.core.tasks import TaskState
 from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.download_bridge import bridge_for

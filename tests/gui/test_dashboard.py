@@ -19,7 +19,8 @@ from PySide6.QtWidgets import QApplication
 
 from podlab.core.lab import Lab
 from podlab.core.models.store import ModelStore
-from podlab.core.serving.gpu import PODLAB_CDI_SPEC_PATH, CommandResult, HostProbe
+from podlab.core.serving.gpu.cdi import PODLAB_CDI_SPEC_PATH
+from podlab.core.serving.gpu.host import CommandResult, HostProbe
 from podlab.core.serving.local_server import PYTHON_ENV
 from podlab.ui.main_window import MainWindow
 from podlab.ui.pages.dashboard import NO_GPU_TEXT, CdiSpecDialog, DashboardPage

@@ -14,7 +14,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog, QLineEdit, QMessageBox
 
 from podlab.core.lab import Lab
-from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceState
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.services import ServiceEvent
 from podlab.core.tasks import TaskState
 from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.main_window import MainWindow

@@ -16,16 +16,13 @@ from PySide6.QtGui import QGuiApplication
 
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
+from podlab.core.serving.backends.podman import build_model_server_image
 from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
 from podlab.core.serving.engine import Engine
+from podlab.core.serving.inference import InferenceService, ServiceState
 from podlab.core.serving.local_server import LocalEngine
-from podlab.core.serving.services import (
-    InferenceService,
-    ServiceEvent,
-    ServiceManager,
-    ServiceState,
-    build_model_server_image,
-)
+from podlab.core.serving.planning import ServeRequest
+from podlab.core.serving.services import ServiceEvent, ServiceManager
 from podlab.core.tasks import TaskState
 from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.main_window import MainWindow
@@ -209,7 +206,9 @@ def test_a_local_service_that_crashed_shows_its_signal_and_log_tail(
         local=LocalEngine(python=str(broken)),
         ready_timeout=60,
     )
-    attempt = asyncio.ensure_future(other.serve(smollm2_model, engine="local"))
+    attempt = asyncio.ensure_future(
+        other.serve(ServeRequest(model=str(smollm2_model), engine="local"))
+    )
     qtbot.waitUntil(attempt.done, timeout=60000)
     assert isinstance(attempt.exception(), PodlabError)
     (service,) = other.known()
@@ -358,7 +357,7 @@ def test_a_gpu_that_cannot_be_passed_is_never_a_silent_cpu_fallback(
 
 
 def test_the_device_badge_says_what_the_server_log_said() -> None:
-    from podlab.core.serving.gpu import OffloadInfo
+    from podlab.core.serving.offload import OffloadInfo
 
     service = InferenceService(
         id="x", name="x", engine="podman", model_ref="m", model_file="/m.gguf",

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 from podlab.core.paths import Locations
+from podlab.core.serving.backends.podman import build_model_server_image
 from podlab.core.serving.container_spec import LABEL_SERVICE_ID, PODLAB_SERVER_IMAGE
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.local_server import LocalEngine
-from podlab.core.serving.services import ServiceManager, build_model_server_image
+from podlab.core.serving.services import ServiceManager
 from podlab.core.settings import Settings
 from tests import harness
 

@@ -12,6 +12,7 @@ import pytest
 from podlab.core.errors import PodlabError
 from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE
 from podlab.core.serving.engine import Engine
+from podlab.core.serving.planning import ServeRequest
 from podlab.core.serving.services import ServiceManager
 from tests import harness
 
@@ -53,7 +54,7 @@ async def test_dead_socket_is_a_clear_error(
         await engine.ensure()
     manager = ServiceManager(engine)
     with pytest.raises(PodlabError, match="does not answer") as caught:
-        await manager.serve(smollm2_model, engine="podman")
+        await manager.serve(ServeRequest(smollm2_model, engine="podman"))
     assert caught.value.hint
     assert manager.known() == []
 

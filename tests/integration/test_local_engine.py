@@ -17,8 +17,10 @@ from podlab.core.errors import PodlabError
 from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import ServiceOptions
 from podlab.core.serving.engine import Engine
+from podlab.core.serving.inference import ServiceState
 from podlab.core.serving.local_server import PYTHON_ENV, LocalEngine
-from podlab.core.serving.services import ServiceManager, ServiceState
+from podlab.core.serving.planning import ServeRequest
+from podlab.core.serving.services import ServiceManager
 from podlab.core.settings import Settings
 from tests import harness
 from tests.integration.conftest import kill_local_servers
@@ -53,7 +55,9 @@ async def test_local_serve_chat_stop_and_rediscovery(
     service_manager: ServiceManager, smollm2_model: Path
 ) -> None:
     service = await service_manager.serve(
-        smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+        ServeRequest(
+            smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+        )
     )
     assert service.state == ServiceState.READY
     assert service.engine == "local" and service.host == "127.0.0.1"
@@ -103,7 +107,9 @@ async def test_a_second_request_waits_instead_of_cutting_the_first_answer(
     from podlab.core.chat.client import ChatClient, Done, GenerationParams
 
     service = await service_manager.serve(
-        smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+        ServeRequest(
+            smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+        )
     )
     params = GenerationParams(temperature=0.0, seed=1, max_tokens=48)
 
@@ -131,7 +137,7 @@ async def test_local_server_crash_shows_its_log_and_reads_as_exited(
     service_manager: ServiceManager, corrupt_gguf: Path
 ) -> None:
     with pytest.raises(PodlabError, match="did not start: the server exited with code 1") as caught:
-        await service_manager.serve(corrupt_gguf, engine="local")
+        await service_manager.serve(ServeRequest(corrupt_gguf, engine="local"))
     assert "Failed to load model from file" in caught.value.hint
     (service,) = await restarted_manager().list_services()
     assert service.state == ServiceState.EXITED  # died on its own, not stopped by Podlab
@@ -196,7 +202,7 @@ def test_cli_names_the_signal_in_serve_list_and_logs(
 async def test_killed_outside_podlab_reads_as_exited(
     service_manager: ServiceManager, smollm2_model: Path
 ) -> None:
-    service = await service_manager.serve(smollm2_model, engine="local")
+    service = await service_manager.serve(ServeRequest(smollm2_model, engine="local"))
     assert service.pid is not None
     os.kill(service.pid, 9)
     # Until reaped it is a zombie of this process: no command line, so not alive either.
@@ -266,7 +272,9 @@ async def test_a_busy_or_briefly_stuck_ready_service_stays_ready(smollm2_model: 
     long_answer = {"prompt": "Once upon a time", "logit_bias": {"0": -100, "2": -100}}
     try:
         service = await manager.serve(
-            smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+            ServeRequest(
+                smollm2_model, engine="local", options=ServiceOptions(ctx_size=2048, threads=2)
+            )
         )
         assert service.state == ServiceState.READY
         manager.subscribe(lambda event: events.append((event.state, event.detail)))

@@ -20,13 +20,13 @@ import pytest
 from podlab.core.errors import PodlabError
 from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
 from podlab.core.serving.engine import Engine
-from podlab.core.serving.gpu import GpuInfo, GpuReport, HostProbe, plan_passthrough, read_cdi_specs
-from podlab.core.serving.services import (
-    InferenceService,
-    ServiceEvent,
-    ServiceManager,
-    ServiceState,
-)
+from podlab.core.serving.gpu.cdi import read_cdi_specs
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.host import GpuInfo, HostProbe
+from podlab.core.serving.gpu.passthrough import plan_passthrough
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.planning import ServeRequest
+from podlab.core.serving.services import ServiceEvent, ServiceManager
 from podlab.core.settings import Settings
 from tests import harness
 from tests.integration.conftest import remove_services
@@ -74,7 +74,7 @@ async def test_serve_smollm2_in_podlabs_image_and_chat(
     service_manager.subscribe(events.append)
     started = time.monotonic()
     service = await service_manager.serve(
-        smollm2_model, options=ServiceOptions(image=model_server_image, ctx_size=2048)
+        ServeRequest(smollm2_model, options=ServiceOptions(image=model_server_image, ctx_size=2048))
     )
     print(f"serve -> ready in {time.monotonic() - started:.2f} s")
     assert service.state == ServiceState.READY
@@ -136,9 +136,11 @@ async def test_follow_logs_streams_new_lines(
 ) -> None:
     script = "for i in 1 2 3; do echo podlab-line-$i; sleep 0.3; done"
     service = await service_manager.create(
-        smollm2_model,
-        options=cheap_options(base_image, "sh", "-c", script),
-        server_kind="llama-cpp-python",
+        ServeRequest(
+            smollm2_model,
+            options=cheap_options(base_image, "sh", "-c", script),
+            server_kind="llama-cpp-python",
+        )
     )
     await service_manager.start(service, wait=False)
     lines = []
@@ -186,10 +188,14 @@ async def test_nvidia_cdi_passthrough_reaches_the_container(
     assert plan.diagnosis.level == "ok", plan.diagnosis.message
     assert plan.passthrough.devices == ["nvidia.com/gpu=all"]
     service = await service_manager.create(
-        smollm2_model,
-        options=cheap_options(base_image, "sh", "-c", "echo PODLAB_CDI_PROOF=$PODLAB_CDI_PROOF"),
-        server_kind="llama-cpp-python",
-        plan=plan,
+        ServeRequest(
+            smollm2_model,
+            options=cheap_options(
+                base_image, "sh", "-c", "echo PODLAB_CDI_PROOF=$PODLAB_CDI_PROOF"
+            ),
+            server_kind="llama-cpp-python",
+            plan=plan,
+        )
     )
     assert service.spec is not None and service.spec.devices == ["nvidia.com/gpu=all"]
     assert service.gpu_vendor == "nvidia"
@@ -207,12 +213,18 @@ async def test_gpu_present_but_not_passable_refuses_to_fall_back_silently(
     report = GpuReport(gpus=[GpuInfo("nvidia", 0, "NVIDIA H100")])  # no CDI spec
     plan = plan_passthrough(report, "auto")
     with pytest.raises(PodlabError, match="CDI") as caught:
-        await service_manager.create(smollm2_model, options=cheap_options(base_image), plan=plan)
+        await service_manager.create(
+            ServeRequest(smollm2_model, options=cheap_options(base_image), plan=plan)
+        )
     assert "--gpu none" in caught.value.hint
-    service = await service_manager.create(
-        smollm2_model, options=cheap_options(base_image), plan=plan, allow_cpu=True,
+    request = ServeRequest(
+        smollm2_model,
+        options=cheap_options(base_image),
+        plan=plan,
+        allow_cpu=True,
         server_kind="llama-cpp-python",
-    )  # fmt: skip
+    )
+    service = await service_manager.create(request)
     assert service.gpu_vendor == "none" and service.spec is not None
     assert service.spec.devices == []
 
@@ -221,7 +233,9 @@ async def test_a_crashing_server_shows_its_log_tail(
     service_manager: ServiceManager, model_server_image: str, corrupt_gguf: Path
 ) -> None:
     with pytest.raises(PodlabError, match="did not start: the server exited with code") as caught:
-        await service_manager.serve(corrupt_gguf, options=ServiceOptions(image=model_server_image))
+        await service_manager.serve(
+            ServeRequest(corrupt_gguf, options=ServiceOptions(image=model_server_image))
+        )
     assert "Failed to load model from file: /models/corrupt.gguf" in caught.value.hint
     (service,) = service_manager.known()
     assert service.state == ServiceState.FAILED
@@ -237,25 +251,33 @@ async def test_a_taken_port_is_avoided(
         taken.bind(("127.0.0.1", base))
         taken.listen()
         first = await service_manager.create(
-            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            ServeRequest(
+                smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            )
         )
         assert first.port != base
         second = await service_manager.create(
-            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            ServeRequest(
+                smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            )
         )
         assert second.port not in (base, first.port)  # a stopped service keeps its port
         # The reservation survives an app restart: the next manager reads it from the labels.
         restarted = ServiceManager(service_manager.engine, settings=Settings(), port_base=base)
         third = await restarted.create(
-            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            ServeRequest(
+                smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            )
         )
         assert third.port not in (base, first.port, second.port)
         await restarted.delete(third)
         with pytest.raises(PodlabError, match=f"port {base} on 127.0.0.1 is already in use"):
             await service_manager.create(
-                smollm2_model,
-                options=ServiceOptions(image=base_image, port=base),
-                server_kind="llama-cpp-python",
+                ServeRequest(
+                    smollm2_model,
+                    options=ServiceOptions(image=base_image, port=base),
+                    server_kind="llama-cpp-python",
+                )
             )
 
 
@@ -276,7 +298,9 @@ async def test_fifty_cycles_leave_nothing_behind(
     started = time.monotonic()
     for _ in range(50):
         service = await service_manager.create(
-            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            ServeRequest(
+                smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            )
         )
         ids.add(service.id)
         containers.add(str(service.container_id))
@@ -314,7 +338,9 @@ async def test_rediscovery_by_labels_and_foreign_containers_untouched(
     )
     try:
         ours = await service_manager.create(
-            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            ServeRequest(
+                smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+            )
         )
         await service_manager.start(ours, wait=False)
         restarted = fresh_manager(podman_env)

@@ -37,14 +37,11 @@ from podlab.core.serving.container_spec import (
     property_env_name,
 )
 from podlab.core.serving.engine import _demux_lines, _make_tar, install_hint, parse_version
-from podlab.core.serving.gpu import (
-    CdiDevice,
-    GpuInfo,
-    GpuReport,
-    Passthrough,
-    plan_passthrough,
-)
-from podlab.core.serving.services import choose_port
+from podlab.core.serving.gpu.cdi import CdiDevice
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.host import GpuInfo
+from podlab.core.serving.gpu.passthrough import Passthrough, plan_passthrough
+from podlab.core.serving.planning import choose_port
 from podlab.core.serving.snippets import SNIPPET_LANGUAGES, snippet, snippets
 
 pytestmark = pytest.mark.unit

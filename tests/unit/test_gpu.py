@@ -12,24 +12,17 @@ import pytest
 import yaml
 
 from podlab.core.errors import PodlabError
-from podlab.core.serving.gpu import (
+from podlab.core.serving.gpu.cdi import (
     ACTION_GENERATE_CDI,
-    GPU_LAYERS_ALL,
-    CommandResult,
-    GpuInfo,
-    HostProbe,
-    Mount,
-    Passthrough,
-    detect_gpus,
     generate_cdi_spec,
-    gfx_name,
-    parse_nvidia_smi,
-    parse_offload,
-    plan_passthrough,
     read_cdi_specs,
     validate_cdi_spec,
     write_cdi_spec,
 )
+from podlab.core.serving.gpu.detect import detect_gpus, gfx_name, parse_nvidia_smi
+from podlab.core.serving.gpu.host import CommandResult, GpuInfo, HostProbe
+from podlab.core.serving.gpu.passthrough import GPU_LAYERS_ALL, Mount, Passthrough, plan_passthrough
+from podlab.core.serving.offload import parse_offload
 
 pytestmark = pytest.mark.unit
 

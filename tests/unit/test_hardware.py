@@ -19,7 +19,7 @@ from podlab.core.models.hardware import (
     read_host_facts,
 )
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
-from podlab.core.serving.gpu import CommandResult, GpuInfo, HostProbe
+from podlab.core.serving.gpu.host import CommandResult, GpuInfo, HostProbe
 
 pytestmark = pytest.mark.unit
 

@@ -20,20 +20,18 @@ from podlab.core.models.store import ModelStore
 from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import SERVER_KINDS, ServiceOptions
 from podlab.core.serving.engine import Engine
-from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.host import Diagnosis
+from podlab.core.serving.gpu.passthrough import WANTS, plan_passthrough
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.planning import ENGINE_CHOICES, ServeRequest
 from podlab.core.serving.selftest import (
     SELFTEST_TIMEOUT,
     SelfTestResult,
     run_selftest,
     selftest_model,
 )
-from podlab.core.serving.services import (
-    ENGINE_CHOICES,
-    InferenceService,
-    ServiceEvent,
-    ServiceManager,
-    ServiceState,
-)
+from podlab.core.serving.services import ServiceEvent, ServiceManager
 from podlab.core.serving.snippets import snippet, snippets
 from podlab.core.settings import Settings, load_settings
 
@@ -281,8 +279,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- serve
 
 
-def _options(args: argparse.Namespace, settings: Settings) -> ServiceOptions:
-    return ServiceOptions(
+def _request(args: argparse.Namespace, settings: Settings) -> ServeRequest:
+    options = ServiceOptions(
         ctx_size=args.ctx or settings.default_context_size,
         gpu_layers=args.gpu_layers,
         threads=args.threads,
@@ -290,6 +288,14 @@ def _options(args: argparse.Namespace, settings: Settings) -> ServiceOptions:
         port=args.port,
         bind_address=settings.bind_address or "127.0.0.1",
         image=args.image,
+    )
+    return ServeRequest(
+        args.model,
+        engine=args.engine,
+        gpu=args.gpu,
+        options=options,
+        server_kind=args.server,
+        allow_cpu=args.cpu_ok,
     )
 
 
@@ -317,16 +323,9 @@ def _describe(service: InferenceService) -> list[str]:
 async def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
     manager = _manager(settings)
-    options = _options(args, settings)
+    request = _request(args, settings)
     if args.dry_run:
-        prepared = await manager.prepare(
-            args.model,
-            engine=args.engine,
-            gpu=args.gpu,
-            options=options,
-            server_kind=args.server,
-            allow_cpu=args.cpu_ok,
-        )
+        prepared = await manager.prepare(request)
         if prepared.spec is not None:
             kwargs = prepared.spec.to_podman_kwargs()
             if args.json:
@@ -347,15 +346,7 @@ async def _serve(args: argparse.Namespace) -> int:
             print(f"podlab: {event.service.id}: {event.detail}", file=sys.stderr)
 
     manager.subscribe(progress)
-    service = await manager.serve(
-        args.model,
-        engine=args.engine,
-        gpu=args.gpu,
-        options=options,
-        server_kind=args.server,
-        allow_cpu=args.cpu_ok,
-        ready_timeout=args.timeout,
-    )
+    service = await manager.serve(request, ready_timeout=args.timeout)
     await manager.read_device(service)
     if args.json:
         data = service.to_dict()

@@ -242,7 +242,8 @@ class DownloadBridge(QObject):
         await self.manager.aclose()
 
 
-_bridges: dict[int, tuple[weakref.ref[Lab], DownloadBridge]] = {}
+_Bridges = dict[int, tuple[weakref.ref[Lab], "DownloadBridge"]]
+_bridges: _Bridges = {}
 
 
 def bridge_for(lab: Lab) -> DownloadBridge:
@@ -253,7 +254,7 @@ def bridge_for(lab: Lab) -> DownloadBridge:
         return found[1]
     bridge = DownloadBridge(lab)
 
-    def forget(_ref: weakref.ref[Lab], bridges: dict[int, object] = _bridges) -> None:
+    def forget(_ref: weakref.ref[Lab], bridges: _Bridges = _bridges) -> None:
         # Bound at definition: at interpreter exit the module's globals may already be None.
         bridges.pop(key, None)
 

@@ -31,8 +31,9 @@ from PySide6.QtWidgets import (
 )
 
 from podlab.core.lab import Lab
-from podlab.core.serving.container_spec import ServiceOptions
-from podlab.core.serving.services import InferenceService, ServiceEvent, ServiceManager
+from podlab.core.serving.inference import InferenceService
+from podlab.core.serving.planning import ServeRequest
+from podlab.core.serving.services import ServiceEvent, ServiceManager
 from podlab.core.tasks import Task
 
 TASK_KIND = "service"
@@ -82,16 +83,12 @@ class ServiceBridge(QObject):
 
     def new_service(
         self,
-        model: str | Path,
+        request: ServeRequest,
         *,
-        engine: str = "auto",
-        gpu: str = "auto",
-        options: ServiceOptions | None = None,
-        allow_cpu: bool = False,
         on_created: Callable[[InferenceService], Any] | None = None,
     ) -> Task:
         """Create and start a service as a task; the task fails with the server's log tail."""
-        text = str(model)
+        text = str(request.model)
         label = Path(text).name if "/" in text or text.endswith(".gguf") else text
 
         async def work(task: Task) -> None:
@@ -109,9 +106,7 @@ class ServiceBridge(QObject):
             unsubscribe = self.manager.subscribe(listen)
             try:
                 task.report(detail="preparing")
-                service = await self.manager.create(
-                    model, engine=engine, gpu=gpu, options=options, allow_cpu=allow_cpu
-                )
+                service = await self.manager.create(request)
                 if on_created is not None:
                     on_created(service)
                 task.report(0.3, f"starting {service.name}")

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
-from podlab.core.serving.gpu import GIB, GpuInfo, HostProbe, detect_gpus
+from podlab.core.serving.gpu.detect import detect_gpus
+from podlab.core.serving.gpu.host import GIB, GpuInfo, HostProbe
 
 FitLevel = Literal["green", "yellow", "red"]
 FitWhere = Literal["gpu", "cpu", "gpu+cpu"]

@@ -305,7 +305,7 @@ class PassthroughMount(Protocol):
 
 
 class PassthroughLike(Protocol):
-    """What `serving.gpu.Passthrough` offers (kept structural so specs stay pure data)."""
+    """What `gpu.passthrough.Passthrough` offers (kept structural so specs stay pure data)."""
 
     @property
     def vendor(self) -> str: ...

@@ -2,21 +2,20 @@
 
 `ServiceManager` is what the GUI's Services page and `podlab serve` / `podlab services` use:
 
-* `prepare()` resolves the model, plans the GPU and builds the `ContainerSpec` (no side effect:
-  `--dry-run` prints it); `create()` creates the container (or the local record) and `start()`
-  starts it and waits until it answers (`GET /health` 200, else `GET /v1/models` 200), failing
-  with the server's log tail when it exits or times out. `serve()` is both.
-* `stop()`, `restart()`, `delete()`, `list()`, `get()`, `logs()` (an async iterator, `follow`
-  included) and `stats()` work the same for both engines.
+* `prepare(request)` resolves the model, plans the GPU and builds the `ContainerSpec` (no side
+  effect: `--dry-run` prints it; see `planning`); `create(request)` creates the container (or
+  the local record) and `start()` starts it and waits until it answers (`GET /health` 200, else
+  `GET /v1/models` 200), failing with the server's log tail when it exits or times out.
+  `serve(request)` is both.
+* `stop()`, `restart()`, `delete()`, `list_services()`, `get()`, `logs()` (an async iterator,
+  `follow` included) and `stats()` work the same for both engines: each engine is a backend
+  (`backends.podman`, `backends.local`) and the manager keeps what they share (states, events,
+  readiness, the device reading).
 * Every change is an event: `subscribe(listener)` gets a `ServiceEvent` (added, changed,
   removed) with the service; listeners are plain callables, the Qt layer turns them into
   signals.
 
-Podman containers carry `podlab.*` labels; `list()` finds them again after a restart by those
-labels only, so a container without them is never listed, stopped or removed. Local servers
-are found again through their JSON records (see `local_server`).
-
-After a start, the server's log says where the layers went (`gpu.parse_offload`): the service
+After a start, the server's log says where the layers went (`offload.parse_offload`): the service
 reports the device actually in use ("GPU", "GPU+CPU", "CPU"), and a GPU that was asked for but
 not used becomes a warning diagnosis instead of a silent CPU fallback.
 """
@@ -25,16 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import json
-import re
-import secrets
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -42,49 +34,24 @@ import httpx
 from podlab.core.errors import PodlabError
 from podlab.core.http import ssl_context_for
 from podlab.core.paths import Locations
-from podlab.core.resources import recipe_file
-from podlab.core.serving.container_spec import (
-    CONTAINER_PORT,
-    LABEL_API_URL,
-    LABEL_ENGINE,
-    LABEL_GPU,
-    LABEL_MANAGED,
-    LABEL_MODEL,
-    LABEL_MODEL_FILE,
-    LABEL_OPTIONS,
-    LABEL_SERVER_KIND,
-    LABEL_SERVICE_ID,
-    LLAMA_CPP_PYTHON_VERSION,
-    LOOPBACK,
-    PODLAB_SERVER_IMAGE,
-    SERVER_KINDS,
-    ContainerSpec,
-    ServiceOptions,
-    endpoint_host,
-    model_server_spec,
-    slug,
+from podlab.core.serving.backends.base import ServiceBackend
+from podlab.core.serving.backends.local import LocalBackend
+from podlab.core.serving.backends.podman import PodmanBackend
+from podlab.core.serving.container_spec import LOOPBACK, endpoint_host
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.gpu.detect import GpuReport, detect_gpus
+from podlab.core.serving.gpu.host import Diagnosis, HostProbe
+from podlab.core.serving.inference import EngineName, InferenceService, ServiceState
+from podlab.core.serving.local_server import LocalEngine
+from podlab.core.serving.offload import device_of, parse_offload
+from podlab.core.serving.planning import (
+    DEFAULT_PORT_BASE,
+    Planner,
+    PreparedService,
+    ServeRequest,
 )
-from podlab.core.serving.crash import describe_exit
-from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine, PullPolicy
-from podlab.core.serving.gpu import (
-    GPU_LAYERS_ALL,
-    Diagnosis,
-    GpuReport,
-    HostProbe,
-    OffloadInfo,
-    Passthrough,
-    PassthroughPlan,
-    detect_gpus,
-    parse_offload,
-    plan_passthrough,
-)
-from podlab.core.serving.local_server import LocalEngine, LocalRecord
 from podlab.core.settings import Settings
 
-EngineName = Literal["podman", "local"]
-ENGINE_CHOICES = ("auto", "podman", "local")
-DEFAULT_PORT_BASE = 35000
-"""Podlab looks for free host ports upward from here (AI Lab does the same from its own base)."""
 READY_TIMEOUT = 180.0
 LOG_TAIL_LINES = 25
 PROBE_TIMEOUT = 2.0
@@ -92,100 +59,6 @@ PROBE_TIMEOUT = 2.0
 READY_MISSES = 3
 """Consecutive unanswered readiness checks before a READY service whose container or process
 still runs reads as STARTING again (one slow answer under load is not a state change)."""
-
-
-class ServiceState(enum.Enum):
-    CREATING = "creating"
-    """The container (or local record) is being made: image pull, create."""
-    STARTING = "starting"
-    """Running, not answering yet (loading the model)."""
-    READY = "ready"
-    FAILED = "failed"
-    """Podlab's start failed: the server exited or never answered (see `error`)."""
-    STOPPED = "stopped"
-    """Not running: created and never started, or stopped by Podlab."""
-    EXITED = "exited"
-    """Ended on its own (crash, killed outside Podlab)."""
-
-    @property
-    def running(self) -> bool:
-        return self in (ServiceState.STARTING, ServiceState.READY)
-
-
-@dataclass
-class InferenceService:
-    """One served model. Plain data: the manager updates it and emits events."""
-
-    id: str
-    name: str
-    engine: EngineName
-    model_ref: str
-    """What the API calls the model ("model" in requests), and what the user asked for."""
-    model_file: str
-    server_kind: str
-    host: str
-    port: int
-    state: ServiceState
-    options: ServiceOptions = field(default_factory=ServiceOptions)
-    gpu_vendor: str = "none"
-    """The GPU passed to the server ("none" on the CPU)."""
-    device: str = "unknown"
-    """What the server really uses, read from its log: "GPU", "GPU+CPU", "CPU" or "unknown"."""
-    offload: OffloadInfo | None = None
-    diagnosis: Diagnosis | None = None
-    error: str = ""
-    image: str | None = None
-    container_id: str | None = None
-    spec: ContainerSpec | None = None
-    pid: int | None = None
-    log_path: str | None = None
-    created: float = field(default_factory=time.time)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.endpoint}/v1"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "engine": self.engine,
-            "model": self.model_ref,
-            "model_file": self.model_file,
-            "server_kind": self.server_kind,
-            "state": self.state.value,
-            "endpoint": self.endpoint,
-            "api_url": self.api_url,
-            "port": self.port,
-            "gpu": self.gpu_vendor,
-            "device": self.device,
-            "offload": None
-            if self.offload is None
-            else {
-                "offloaded_layers": self.offload.offloaded_layers,
-                "total_layers": self.offload.total_layers,
-                "device_name": self.offload.device_name,
-                "backend": self.offload.backend,
-            },
-            "diagnosis": None
-            if self.diagnosis is None
-            else {
-                "level": self.diagnosis.level,
-                "message": self.diagnosis.message,
-                "fix": self.diagnosis.fix,
-            },
-            "error": self.error,
-            "image": self.image,
-            "container_id": self.container_id,
-            "pid": self.pid,
-            "log_path": self.log_path,
-            "options": self.options.to_dict(),
-            "created": self.created,
-        }
 
 
 @dataclass(frozen=True)
@@ -200,125 +73,6 @@ class ServiceEvent:
 
 
 ServiceListener = Callable[[ServiceEvent], None]
-
-
-@dataclass
-class ResolvedModel:
-    ref: str
-    path: Path
-    properties: dict[str, str] = field(default_factory=dict)
-    catalog_id: str | None = None
-
-
-@dataclass
-class PreparedService:
-    """Everything decided before anything is created (what `--dry-run` shows)."""
-
-    service_id: str
-    engine: EngineName
-    model: ResolvedModel
-    server_kind: str
-    plan: PassthroughPlan
-    options: ServiceOptions
-    host_port: int
-    spec: ContainerSpec | None
-    """The container for Podman; None for the local engine."""
-    command: list[str] | None = None
-    """The command line for the local engine."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def resolve_model(ref: str | Path, settings: Settings | None = None) -> ResolvedModel:
-    """A plain file or folder path, else a model of the store, else a catalog model/variant."""
-    settings = settings or Settings()
-    path = Path(ref).expanduser()
-    if path.exists():
-        path = path.resolve()
-        if path.is_file():
-            from podlab.core.models.store import require_gguf
-
-            require_gguf(path, "serve a GGUF model (llama.cpp format); convert other formats first")
-        if path.is_file() or path.is_dir():
-            name = path.name.removesuffix(".gguf") if path.is_file() else path.name
-            return ResolvedModel(ref=name, path=path)
-    text = str(ref)
-    try:
-        from podlab.core.models.store import ModelStore
-
-        store = ModelStore.from_settings(settings)
-        entry = store.get(text)
-    except ImportError:  # pragma: no cover - the store ships with Podlab
-        store, entry = None, None
-    properties: dict[str, str] = {}
-    catalog_id: str | None = None
-    try:
-        from podlab.core.models.catalog import load_catalog
-
-        catalog = load_catalog().catalog
-    except ImportError:  # pragma: no cover
-        catalog = None
-    if entry is not None and store is not None:
-        if catalog is not None and entry.catalog_id:
-            model = catalog.model(entry.catalog_id)
-            if model is not None:
-                properties = dict(model.properties)
-                catalog_id = model.id
-        return ResolvedModel(entry.id, store.path_of(entry.id), properties, catalog_id)
-    found = catalog.find_variant(text) if catalog is not None else None
-    if found is not None and store is not None:
-        model, variant = found
-        for candidate in store.list_models():
-            if candidate.variant_id == variant.id or (
-                candidate.catalog_id == model.id and candidate.variant_id in (None, variant.id)
-            ):
-                return ResolvedModel(
-                    candidate.id, store.path_of(candidate.id), dict(model.properties), model.id
-                )
-        raise PodlabError(
-            f"model {text!r} is in the catalog but not downloaded",
-            hint=f"download it first: podlab models pull {text}",
-        )
-    suggestions = catalog.suggest(text) if catalog is not None else []
-    hint = "give a GGUF file path, a downloaded model id, or a catalog model id"
-    if suggestions:
-        hint = f"did you mean {', '.join(suggestions)}? ({hint})"
-    raise PodlabError(f"no model file or model named {text!r}", hint=hint)
-
-
-def port_is_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def choose_port(
-    bind_address: str,
-    requested: int | None,
-    reserved: set[int],
-    base: int = DEFAULT_PORT_BASE,
-) -> int:
-    """The requested port when free (else PodlabError), or the first free one from `base`
-    that no other Podlab service holds (a stopped service keeps its port for its restart)."""
-    host = bind_address or LOOPBACK
-    if requested is not None:
-        if not 0 < requested < 65536:
-            raise PodlabError(f"port {requested} is not a valid TCP port (1-65535)")
-        if requested in reserved or not port_is_free(host, requested):
-            raise PodlabError(
-                f"port {requested} on {host} is already in use",
-                hint="choose another --port, or leave it out and Podlab picks a free one",
-            )
-        return requested
-    for port in range(base, 65536):
-        if port not in reserved and port_is_free(host, port):
-            return port
-    raise PodlabError(f"no free port on {host} from {base} up")
 
 
 async def probe_ready(client: httpx.AsyncClient, endpoint: str, use_health: bool) -> int | None:
@@ -372,84 +126,6 @@ async def wait_ready(
             await asyncio.sleep(interval)
 
 
-def _timestamp(value: Any) -> float:
-    """Podman's "Created": seconds, or an RFC 3339 string with nanoseconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        text = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00"))
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(text).timestamp()
-    return time.time()
-
-
-def device_of(offload: OffloadInfo) -> str:
-    return {"gpu": "GPU", "gpu+cpu": "GPU+CPU", "cpu": "CPU"}.get(offload.where, "unknown")
-
-
-def model_server_context() -> Path:
-    """The folder of Podlab's own model-server image (Containerfile + scripts)."""
-    folder = recipe_file("model_servers/llamacpp_python")
-    return Path(str(folder))
-
-
-async def build_model_server_image(
-    engine: Engine,
-    *,
-    tag: str = PODLAB_SERVER_IMAGE,
-    wheelhouse: Path | None = None,
-    use_host_ca: bool | None = None,
-    host_ca_bundle: Path = HOST_CA_BUNDLE,
-    pull: PullPolicy = "missing",
-) -> AsyncIterator[str]:
-    """Build Podlab's llama-cpp-python server image, yielding the build log.
-
-    wheelhouse: a folder of wheels (`pip wheel 'llama-cpp-python[server]==VERSION' -w DIR`)
-    installed without compiling or network. use_host_ca: give pip the host's CA bundle (for
-    TLS-intercepting proxies); it is mounted for the install step only, never stored in a layer.
-    None follows the setting use_host_ca_certificates.
-    """
-    if use_host_ca is None:
-        use_host_ca = engine.settings.use_host_ca_certificates
-    extra, version = await asyncio.to_thread(
-        _model_server_extras, wheelhouse, use_host_ca, host_ca_bundle
-    )
-    # The CA bundle travels in the context (RUN --mount), which works on every Podman; the
-    # API's build volumes would not (Podman 4.3 ignores them).
-    lines = engine.build(
-        model_server_context(),
-        tag,
-        pull=pull,
-        extra_files=extra,
-        host_ca=False,
-        build_args={"LLAMA_CPP_PYTHON_VERSION": version},
-    )
-    async for line in lines:
-        yield line
-
-
-def _model_server_extras(
-    wheelhouse: Path | None, use_host_ca: bool, host_ca_bundle: Path
-) -> tuple[dict[str, Path | bytes], str]:
-    """The extra context files, and the llama-cpp-python version to install."""
-    extra: dict[str, Path | bytes] = {}
-    version = LLAMA_CPP_PYTHON_VERSION
-    if wheelhouse is not None:
-        wheels = sorted(wheelhouse.glob("llama_cpp_python-*.whl"))
-        if not wheels:
-            raise PodlabError(
-                f"the wheelhouse {wheelhouse} has no llama_cpp_python wheel",
-                hint="pip wheel 'llama-cpp-python[server]' -w " + str(wheelhouse),
-            )
-        version = wheels[-1].name.split("-")[1]
-        extra["wheels"] = wheelhouse
-    if use_host_ca:
-        if not host_ca_bundle.is_file():
-            raise PodlabError(f"the host CA bundle {host_ca_bundle} does not exist")
-        extra["host-ca/ca-certificates.crt"] = host_ca_bundle.read_bytes()
-    return extra, version
-
-
 # --------------------------------------------------------------------------- the manager
 
 
@@ -474,20 +150,27 @@ class ServiceManager:
         self.engine = engine or Engine(self.settings, locations=self.locations)
         self.local = local or LocalEngine(self.locations)
         self.gpu_probe = gpu_probe
-        self.port_base = port_base
         self.ready_timeout = ready_timeout
         self.probe_timeout = probe_timeout
         self.ready_misses = max(1, ready_misses)
+        self.planner = Planner(self.settings, self.engine, self.local, self.gpu_report, port_base)
+        self.backends: dict[EngineName, ServiceBackend] = {
+            "podman": PodmanBackend(self.engine),
+            "local": LocalBackend(self.local),
+        }
         self._services: dict[str, InferenceService] = {}
         self._misses: dict[str, int] = {}
         """Consecutive unanswered readiness checks of READY services that still run."""
         self._listeners: list[ServiceListener] = []
         self._create_lock = asyncio.Lock()
         self._gpu_report: GpuReport | None = None
-        self._containers: dict[str, Any] = {}
-        """podman-py Container objects of known services (saves an inspect per action)."""
         self.engine_problem: str = ""
         """Why Podman services could not be listed at the last `list_services()` ("" if none)."""
+
+    @property
+    def port_base(self) -> int:
+        """Where the search for a free host port starts."""
+        return self.planner.port_base
 
     # ----------------------------------------------------------------- events
 
@@ -523,202 +206,37 @@ class ServiceManager:
         return self._gpu_report
 
     async def resolve_engine(self, engine: str) -> EngineName:
-        choice = engine if engine != "auto" else self.settings.engine
-        if choice == "podman":
-            return "podman"
-        if choice == "local":
-            return "local"
-        status = await self.engine.connect()
-        if status.available:
-            return "podman"
-        usable, _ = self.local.available()
-        if usable:
-            return "local"
-        return "podman"  # the error that follows names what to install
+        """The engine "auto" means here: Podman when it answers, else the local engine."""
+        return await self.planner.resolve_engine(engine)
 
-    def _reserved_ports(self) -> set[int]:
-        return {s.port for s in self._services.values()}
+    async def prepare(self, request: ServeRequest) -> PreparedService:
+        """Resolve, plan and build the spec; creates nothing (see `Planner.prepare`)."""
+        engine = await self.resolve_engine(request.engine)
+        backend = self.backends[engine]
 
-    async def prepare(
-        self,
-        model: str | Path,
-        *,
-        engine: str = "auto",
-        gpu: str = "auto",
-        options: ServiceOptions | None = None,
-        server_kind: str | None = None,
-        plan: PassthroughPlan | None = None,
-        allow_cpu: bool = False,
-        service_id: str | None = None,
-    ) -> PreparedService:
-        """Resolve, plan and build the spec; creates nothing.
+        async def ports_in_use() -> set[int]:
+            return {s.port for s in self._services.values()} | await backend.ports_in_use()
 
-        A GPU that is present but cannot be passed (e.g. NVIDIA without a CDI spec) raises
-        PodlabError with the fix, unless allow_cpu (the user said "run on the CPU").
-        """
-        if options is None:
-            options = ServiceOptions(ctx_size=self.settings.default_context_size)
-        if options.bind_address == LOOPBACK and self.settings.bind_address:
-            options = replace(options, bind_address=self.settings.bind_address)
-        engine_name = await self.resolve_engine(engine)
-        resolved = await asyncio.to_thread(resolve_model, model, self.settings)
-        if resolved.properties:
-            options = replace(options, properties={**resolved.properties, **options.properties})
-        service_id = service_id or secrets.token_hex(4)
-        if engine_name == "local":
-            return await self._prepare_local(service_id, resolved, gpu, options, server_kind)
-        if plan is None:
-            plan = plan_passthrough(await self.gpu_report(), gpu)
-        if plan.diagnosis.level == "error" and not allow_cpu:
-            fix = plan.diagnosis.fix or ""
-            raise PodlabError(
-                plan.diagnosis.message,
-                hint=(fix + "; " if fix else "") + "or run on the CPU: --gpu none",
-            )
-        if not self.engine.status.available:
-            await self.engine.connect()
-        kind = server_kind or await self._server_kind_for(options.image)
-        if kind not in SERVER_KINDS:
-            raise PodlabError(
-                f"unknown server kind {kind!r}", hint=f"use one of {', '.join(SERVER_KINDS)}"
-            )
-        reserved = self._reserved_ports()
-        if self.engine.status.available:
-            with contextlib.suppress(PodlabError):
-                reserved |= {s.port for s in await self._podman_services(probe=False)}
-        port = choose_port(options.bind_address, options.port, reserved, self.port_base)
-        spec = model_server_spec(
-            str(resolved.path),
-            kind,
-            plan.passthrough,
-            options,
-            service_id=service_id,
-            model_ref=resolved.ref,
-            host_port=port,
-            image_overrides=self.settings.server_images,
-        )
-        return PreparedService(
-            service_id=service_id,
-            engine="podman",
-            model=resolved,
-            server_kind=kind,
-            plan=plan,
-            options=options,
-            host_port=port,
-            spec=spec,
-        )
-
-    async def _prepare_local(
-        self,
-        service_id: str,
-        resolved: ResolvedModel,
-        gpu: str,
-        options: ServiceOptions,
-        server_kind: str | None,
-    ) -> PreparedService:
-        if server_kind not in (None, "llama-cpp-python"):
-            raise PodlabError("the local engine runs llama-cpp-python only")
-        usable, why = self.local.available()
-        if not usable:
-            raise PodlabError("the local engine is not available", hint=why)
-        if not resolved.path.is_file():
-            raise PodlabError(f"the local engine serves GGUF files; {resolved.path} is not one")
-        # No container: llama-cpp-python uses a GPU when it was built for one; the CDI and
-        # device questions of Podman do not arise.
-        report = await self.gpu_report()
-        gpus = [] if gpu == "none" else report.gpus if gpu == "auto" else report.by_vendor(gpu)
-        vendor = gpus[0].vendor if gpus else "none"
-        passthrough = Passthrough(vendor=vendor, gpu_layers=GPU_LAYERS_ALL if gpus else 0)
-        message = (
-            f"Local engine: llama.cpp offloads to {gpus[0].label} if it was built with GPU support"
-            if gpus
-            else "Local engine on the CPU"
-        )
-        plan = PassthroughPlan(passthrough, Diagnosis("ok", message))
-        host = LOOPBACK if options.bind_address in ("", LOOPBACK) else options.bind_address
-        reserved = self._reserved_ports() | {r.port for r in self.local.records()}
-        port = choose_port(host, options.port, reserved, self.port_base)
-        gpu_layers = passthrough.gpu_layers if options.gpu_layers is None else options.gpu_layers
-        command = self.local.command(
-            str(resolved.path),
-            host,
-            port,
-            ctx_size=options.ctx_size,
-            gpu_layers=gpu_layers,
-            model_ref=resolved.ref,
-            threads=options.threads,
-            chat_format=options.chat_format or options.properties.get("chatFormat"),
-            extra_args=options.extra_args,
-        )
-        return PreparedService(
-            service_id=service_id,
-            engine="local",
-            model=resolved,
-            server_kind="llama-cpp-python",
-            plan=plan,
-            options=options,
-            host_port=port,
-            spec=None,
-            command=command,
-        )
-
-    async def _server_kind_for(self, image: str | None) -> str:
-        """llama-cpp for the default images; an image's `podlab.server-kind` label wins."""
-        if image is None:
-            return "llama-cpp"
-        if image == PODLAB_SERVER_IMAGE:
-            return "llama-cpp-python"
-        with contextlib.suppress(PodlabError, httpx.HTTPError):
-            if self.engine.status.available:
-                kind = (await self.engine.image_labels(image)).get("podlab.server-kind")
-                if kind in SERVER_KINDS:
-                    return kind
-        return "llama-cpp"
+        return await self.planner.prepare(request, engine, ports_in_use)
 
     # ----------------------------------------------------------------- create / start
 
-    async def create(
-        self,
-        model: str | Path,
-        *,
-        engine: str = "auto",
-        gpu: str = "auto",
-        options: ServiceOptions | None = None,
-        server_kind: str | None = None,
-        plan: PassthroughPlan | None = None,
-        allow_cpu: bool = False,
-        pull: bool = True,
-    ) -> InferenceService:
+    async def create(self, request: ServeRequest, *, pull: bool = True) -> InferenceService:
         """Create the service without starting it (state STOPPED)."""
         async with self._create_lock:
-            prepared = await self.prepare(
-                model, engine=engine, gpu=gpu, options=options, server_kind=server_kind,
-                plan=plan, allow_cpu=allow_cpu,
-            )  # fmt: skip
-            if prepared.engine == "podman":
-                await self.engine.ensure()
+            prepared = await self.prepare(request)
+            backend = self.backends[prepared.engine]
+            await backend.ensure_reachable()
             service = self._service_from_prepared(prepared)
             self._services[service.id] = service
         self._emit("added", service, "creating")
         try:
-            if prepared.engine == "local":
-                assert prepared.command is not None
-                record = LocalRecord(
-                    id=service.id,
-                    name=service.name,
-                    model_ref=service.model_ref,
-                    model_file=service.model_file,
-                    host=service.host,
-                    port=service.port,
-                    log_path=str(self.local.new_log_path(service.id)),
-                    options=prepared.options.to_dict(),
-                    command=prepared.command,
-                    gpu_vendor=service.gpu_vendor,
-                )
-                await asyncio.to_thread(self.local.save, record)
-                service.log_path = record.log_path
-            else:
-                await self._create_container(service, prepared, pull=pull)
+            await backend.create(
+                service,
+                prepared,
+                pull=pull,
+                progress=lambda line: self._emit("changed", service, line),
+            )
         except BaseException as exc:
             self._services.pop(service.id, None)
             self._emit("removed", service, f"create failed: {exc}")
@@ -726,21 +244,17 @@ class ServiceManager:
         self._set_state(service, ServiceState.STOPPED, "created")
         return service
 
-    def _service_from_prepared(self, prepared: PreparedService) -> InferenceService:
+    @staticmethod
+    def _service_from_prepared(prepared: PreparedService) -> InferenceService:
         options = prepared.options
-        host = endpoint_host(options.bind_address or LOOPBACK)
-        if prepared.spec is None:
-            name = f"podlab-{slug(prepared.model.ref)}-{prepared.service_id}"
-        else:
-            name = prepared.spec.name or prepared.service_id
         return InferenceService(
             id=prepared.service_id,
-            name=name,
+            name=prepared.name,
             engine=prepared.engine,
             model_ref=prepared.model.ref,
             model_file=str(prepared.model.path),
             server_kind=prepared.server_kind,
-            host=host,
+            host=endpoint_host(options.bind_address or LOOPBACK),
             port=prepared.host_port,
             state=ServiceState.CREATING,
             options=options,
@@ -749,23 +263,6 @@ class ServiceManager:
             image=prepared.spec.image if prepared.spec else None,
             spec=prepared.spec,
         )
-
-    async def _create_container(
-        self, service: InferenceService, prepared: PreparedService, *, pull: bool
-    ) -> None:
-        await self.engine.ensure()
-        spec = prepared.spec
-        assert spec is not None
-        if not await self.engine.image_exists(spec.image):
-            if not pull:
-                raise PodlabError(f"image {spec.image} is not present", hint="podman pull it")
-            self._emit("changed", service, f"pulling {spec.image}")
-            async for line in self.engine.pull(spec.image):
-                self._emit("changed", service, line)
-        client = self.engine.client()
-        container = await self.engine.call(client.containers.create, **spec.to_podman_kwargs())
-        service.container_id = str(container.id)
-        self._containers[service.id] = container
 
     async def start(
         self,
@@ -783,17 +280,7 @@ class ServiceManager:
         service.error = ""
         self._set_state(service, ServiceState.STARTING, "starting")
         try:
-            if service.engine == "local":
-                record = self._record(service)
-                if self.local.is_alive(record):
-                    await self.local.terminate(record)
-                if not await asyncio.to_thread(Path(service.model_file).is_file):
-                    raise PodlabError(f"the model file {service.model_file} is gone")
-                service.pid = await asyncio.to_thread(self.local.spawn, record)
-            else:
-                await self.engine.ensure()
-                container = await self._container(service)
-                await self.engine.call(container.start)
+            await self._backend(service).start(service)
         except PodlabError as exc:
             service.error = exc.message
             self._set_state(service, ServiceState.FAILED, exc.message)
@@ -809,7 +296,11 @@ class ServiceManager:
         within = self.ready_timeout if ready_timeout is None else ready_timeout
         self._emit("changed", service, "waiting for the server to answer")
         try:
-            await wait_ready(service.endpoint, within=within, dead=lambda: self._why_dead(service))
+            await wait_ready(
+                service.endpoint,
+                within=within,
+                dead=lambda: self._backend(service).why_dead(service),
+            )
         except (TimeoutError, RuntimeError) as exc:
             tail = await self.log_text(service, tail=LOG_TAIL_LINES)
             reason = str(exc) or type(exc).__name__
@@ -829,32 +320,6 @@ class ServiceManager:
             await self._read_device(service)
         return service.device
 
-    async def _why_dead(self, service: InferenceService) -> str | None:
-        if service.engine == "local":
-            record = self._record(service)
-            if self.local.is_alive(record):
-                return None
-            return "the server " + await self._local_exit_reason(record)
-        assert service.container_id is not None
-        try:
-            state = await self.engine.container_state(service.container_id)
-        except httpx.HTTPError as exc:
-            return f"lost Podman: {exc}"
-        if state is None:
-            return "the container was removed"
-        if state.get("Running"):
-            return None
-        return "the server " + describe_exit(
-            state.get("ExitCode"), from_container=True, oom_killed=bool(state.get("OOMKilled"))
-        )
-
-    async def _local_exit_reason(self, record: LocalRecord) -> str:
-        """How a local server ended: its exit status when this process started it, else the
-        crash its log reports (see `crash`)."""
-        code = self.local.exit_code(record)
-        log = "" if code is not None else await asyncio.to_thread(self.local.log_text, record, 200)
-        return describe_exit(code, log_text=log)
-
     async def _read_device(self, service: InferenceService) -> None:
         text = await self.log_text(service, tail=None)
         offload = parse_offload(text)
@@ -872,23 +337,10 @@ class ServiceManager:
             )
 
     async def serve(
-        self,
-        model: str | Path,
-        *,
-        engine: str = "auto",
-        gpu: str = "auto",
-        options: ServiceOptions | None = None,
-        server_kind: str | None = None,
-        plan: PassthroughPlan | None = None,
-        allow_cpu: bool = False,
-        wait: bool = True,
-        ready_timeout: float | None = None,
+        self, request: ServeRequest, *, wait: bool = True, ready_timeout: float | None = None
     ) -> InferenceService:
         """create() then start(): the service keeps running after this returns."""
-        service = await self.create(
-            model, engine=engine, gpu=gpu, options=options, server_kind=server_kind,
-            plan=plan, allow_cpu=allow_cpu,
-        )  # fmt: skip
+        service = await self.create(request)
         return await self.start(service, wait=wait, ready_timeout=ready_timeout)
 
     # ----------------------------------------------------------------- stop / restart / delete
@@ -896,12 +348,7 @@ class ServiceManager:
     async def stop(self, service: InferenceService | str, grace: int = 10) -> InferenceService:
         """Stop (SIGTERM, SIGKILL after `grace` seconds); the service can start again."""
         service = await self._resolve(service)
-        if service.engine == "local":
-            await self.local.terminate(self._record(service), grace=grace)
-        else:
-            container = await self._container(service)
-            await self.engine.call(container.stop, timeout=grace)
-        service.pid = None if service.engine == "local" else service.pid
+        await self._backend(service).stop(service, grace)
         self._set_state(service, ServiceState.STOPPED, "stopped")
         return service
 
@@ -920,37 +367,28 @@ class ServiceManager:
     async def delete(self, service: InferenceService | str) -> None:
         """Stop and remove the container (with its anonymous volumes) or the local record."""
         service = await self._resolve(service)
-        if service.engine == "local":
-            record = self._record(service)
-            await self.local.terminate(record)
-            await asyncio.to_thread(self.local.forget, record)
-        else:
-            container = await self._container(service)
-            await self.engine.call(container.remove, force=True, v=True)
+        await self._backend(service).remove(service)
         self._services.pop(service.id, None)
-        self._containers.pop(service.id, None)
         self._misses.pop(service.id, None)
         self._emit("removed", service, "removed")
 
     # ----------------------------------------------------------------- finding services
 
+    def _backend(self, service: InferenceService) -> ServiceBackend:
+        return self.backends[service.engine]
+
     async def list_services(self) -> list[InferenceService]:
         """Every Podlab service of both engines, found again from labels and records."""
         found: dict[str, InferenceService] = {}
-        self.engine_problem = ""
-        status = self.engine.status
-        if not status.available:
-            status = await self.engine.connect()
-        if status.available:
-            try:
-                for service in await self._podman_services():
-                    found[service.id] = service
-            except PodlabError as exc:
-                self.engine_problem = exc.message
-        else:
-            self.engine_problem = status.problem
-        for service in await self._local_services():
-            found[service.id] = service
+        problems: list[str] = []
+        for backend in self.backends.values():
+            listing = await backend.listing()
+            if listing.problem:
+                problems.append(listing.problem)
+            await self._probe(listing.services)
+            for service in listing.services:
+                found[service.id] = service
+        self.engine_problem = problems[0] if problems else ""
         for gone in set(self._services) - set(found):
             self._misses.pop(gone, None)
             old = self._services.pop(gone)
@@ -995,6 +433,8 @@ class ServiceManager:
         known.state = fresh.state
         if fresh.state == ServiceState.EXITED and fresh.error:
             known.error = fresh.error
+        if fresh.state == ServiceState.EXITED and fresh.error:
+            known.error = fresh.error
         known.container_id = fresh.container_id or known.container_id
         known.pid = fresh.pid
         if changed:
@@ -1025,20 +465,6 @@ class ServiceManager:
         if isinstance(service, InferenceService):
             return service
         return await self.get(service)
-
-    async def _podman_services(self, probe: bool = True) -> list[InferenceService]:
-        client = self.engine.client()
-        containers = await self.engine.call(
-            client.containers.list, all=True, filters={"label": f"{LABEL_MANAGED}=true"}
-        )
-        services: list[InferenceService] = []
-        for container in containers:
-            service = self._service_from_container(container.attrs)
-            if service is not None:
-                services.append(service)
-        if probe:
-            await self._probe(services)
-        return services
 
     async def _probe(self, services: list[InferenceService]) -> None:
         """Check each running (STARTING) service of a listing, all at once; those that pass
@@ -1097,108 +523,6 @@ class ServiceManager:
         status = await probe_ready(http, service.endpoint, use_health=True)
         return status is not None and status < 500
 
-    def _service_from_container(self, attrs: Mapping[str, Any]) -> InferenceService | None:
-        labels = attrs.get("Labels") or {}
-        if labels.get(LABEL_MANAGED) != "true" or not labels.get(LABEL_SERVICE_ID):
-            return None  # not ours: never listed, never touched
-        if labels.get(LABEL_ENGINE, "podman") != "podman":
-            return None
-        api_url = labels.get(LABEL_API_URL, "")
-        host, port = LOOPBACK, 0
-        with contextlib.suppress(ValueError):
-            hostport = api_url.split("://", 1)[1].split("/", 1)[0]
-            host, _, port_text = hostport.rpartition(":")
-            port = int(port_text)
-        options = ServiceOptions()
-        with contextlib.suppress(ValueError, TypeError):
-            options = ServiceOptions.from_dict(json.loads(labels.get(LABEL_OPTIONS, "{}")))
-        options.port = port
-        state_text = str(attrs.get("State", "")).lower()
-        exit_code = attrs.get("ExitCode")
-        if state_text == "running":
-            state = ServiceState.STARTING
-        elif state_text in ("created", "configured", "initialized"):
-            state = ServiceState.STOPPED
-        elif state_text in ("exited", "stopped"):
-            # Podman stop ends the server with SIGTERM (143) or SIGKILL (137) through the init.
-            state = ServiceState.STOPPED if exit_code in (0, 143, 137, 130) else ServiceState.EXITED
-        else:
-            state = ServiceState.EXITED
-        names = attrs.get("Names") or []
-        created_ts = _timestamp(attrs.get("Created"))
-        return InferenceService(
-            id=labels[LABEL_SERVICE_ID],
-            name=str(names[0]).lstrip("/") if names else labels[LABEL_SERVICE_ID],
-            engine="podman",
-            model_ref=labels.get(LABEL_MODEL, ""),
-            model_file=labels.get(LABEL_MODEL_FILE, ""),
-            server_kind=labels.get(LABEL_SERVER_KIND, "llama-cpp"),
-            host=host or LOOPBACK,
-            port=port,
-            state=state,
-            options=options,
-            gpu_vendor=labels.get(LABEL_GPU, "none"),
-            image=str(attrs.get("Image", "")) or None,
-            container_id=str(attrs.get("Id", "")) or None,
-            created=created_ts,
-            error=describe_exit(exit_code, from_container=True)
-            if state == ServiceState.EXITED and isinstance(exit_code, int)
-            else "",
-        )
-
-    async def _local_services(self) -> list[InferenceService]:
-        services: list[InferenceService] = []
-        for record in await asyncio.to_thread(self.local.records):
-            alive = self.local.is_alive(record)
-            if alive:
-                state = ServiceState.STARTING
-            elif record.stopped:
-                state = ServiceState.STOPPED
-            else:
-                state = ServiceState.EXITED
-            died = await self._local_exit_reason(record) if state == ServiceState.EXITED else ""
-            service = InferenceService(
-                id=record.id,
-                name=record.name,
-                engine="local",
-                model_ref=record.model_ref,
-                model_file=record.model_file,
-                server_kind="llama-cpp-python",
-                host=record.host,
-                port=record.port,
-                state=state,
-                options=ServiceOptions.from_dict(record.options),
-                gpu_vendor=record.gpu_vendor,
-                pid=record.pid if alive else None,
-                log_path=record.log_path,
-                created=record.created,
-                error=died,
-            )
-            services.append(service)
-        await self._probe(services)
-        return services
-
-    def _record(self, service: InferenceService) -> LocalRecord:
-        for record in self.local.records():
-            if record.id == service.id:
-                return record
-        raise PodlabError(f"the local service {service.id} has no record any more")
-
-    async def _container(self, service: InferenceService) -> Any:
-        await self.engine.ensure()
-        if not service.container_id:
-            raise PodlabError(f"service {service.id} has no container")
-        cached = self._containers.get(service.id)
-        if cached is not None and cached.id == service.container_id:
-            return cached  # created by this manager: known to be ours
-        client = self.engine.client()
-        container = await self.engine.call(client.containers.get, service.container_id)
-        labels = container.attrs.get("Config", {}).get("Labels") or container.attrs.get("Labels")
-        if not labels or labels.get(LABEL_SERVICE_ID) != service.id:
-            raise PodlabError(f"container {service.container_id} is not Podlab's; not touching it")
-        self._containers[service.id] = container
-        return container
-
     # ----------------------------------------------------------------- logs and stats
 
     async def logs(
@@ -1207,36 +531,19 @@ class ServiceManager:
         """The server's log lines; with follow, new ones until it stops (or the caller stops
         iterating)."""
         service = await self._resolve(service)
-        if service.engine == "local":
-            record = self._record(service)
-            async for line in self.local.follow_log(record, follow=follow, tail=tail):
-                yield line
-            return
-        await self.engine.ensure()
-        if not service.container_id:
-            raise PodlabError(f"service {service.id} has no container")
-        lines = self.engine.container_logs(service.container_id, follow=follow, tail=tail)
-        async for line in lines:
+        async for line in self._backend(service).logs(service, follow=follow, tail=tail):
             yield line
 
     async def log_text(self, service: InferenceService, tail: int | None = 200) -> str:
         try:
-            if service.engine == "local":
-                return await asyncio.to_thread(self.local.log_text, self._record(service), tail)
-            if not service.container_id:
-                return ""
-            return await self.engine.container_log_text(service.container_id, tail=tail)
+            return await self._backend(service).log_text(service, tail)
         except (PodlabError, httpx.HTTPError):
             return ""
 
     async def stats(self, service: InferenceService | str) -> dict[str, Any]:
         """{"memory_bytes": int|None, "cpu_percent": float|None} of a running service."""
         service = await self._resolve(service)
-        if service.engine == "local":
-            return await self.local.stats(self._record(service))
-        if not service.container_id or not service.state.running:
-            return {"memory_bytes": None, "cpu_percent": None}
-        return await self.engine.container_stats(service.container_id)
+        return await self._backend(service).stats(service)
 
     def known(self) -> list[InferenceService]:
         """The services as last seen, without asking Podman (for views between refreshes)."""
@@ -1244,17 +551,8 @@ class ServiceManager:
 
 
 __all__ = [
-    "CONTAINER_PORT",
-    "ENGINE_CHOICES",
-    "InferenceService",
-    "PreparedService",
-    "ResolvedModel",
     "ServiceEvent",
     "ServiceListener",
     "ServiceManager",
-    "ServiceState",
-    "build_model_server_image",
-    "choose_port",
-    "resolve_model",
     "wait_ready",
 ]

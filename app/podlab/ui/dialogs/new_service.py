@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import (
@@ -25,10 +24,10 @@ from PySide6.QtWidgets import (
 
 from podlab.core.models.store import StoredModel
 from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE, ServiceOptions
-from podlab.core.serving.gpu import WANTS, Diagnosis, GpuReport, plan_passthrough
-from podlab.core.serving.services import (
-    ENGINE_CHOICES,
-)
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.host import Diagnosis
+from podlab.core.serving.gpu.passthrough import WANTS, plan_passthrough
+from podlab.core.serving.planning import ENGINE_CHOICES, ServeRequest
 from podlab.ui.models.services_model import BADGE_COLOURS
 
 GPU_TITLES = {
@@ -44,17 +43,6 @@ ENGINE_CHOICE_TITLES = {
     "local": "Local process (llama-cpp-python)",
 }
 DEFAULT_IMAGE_TEXT = "Default (llama.cpp server for the GPU found)"
-
-
-@dataclass
-class NewServiceValues:
-    """What the New service dialog asks for."""
-
-    model: str
-    """A GGUF path or a store model id."""
-    engine: str
-    gpu: str
-    options: ServiceOptions
 
 
 def _auto_spin(minimum: int, maximum: int, value: int, auto_text: str = "Auto") -> QSpinBox:
@@ -256,7 +244,7 @@ class NewServiceDialog(QDialog):
         if not problem:
             self.accept()
 
-    def values(self) -> NewServiceValues:
+    def values(self) -> ServeRequest:
         def auto(spin: QSpinBox) -> int | None:
             return None if spin.value() == spin.minimum() else spin.value()
 
@@ -269,7 +257,7 @@ class NewServiceDialog(QDialog):
             parallel=auto(self.parallel_spin),
             port=auto(self.port_spin),
         )
-        return NewServiceValues(
+        return ServeRequest(
             model=str(Path(self.path_edit.text().strip()).expanduser()),
             engine=str(self.engine_combo.currentData()),
             gpu=str(self.gpu_combo.currentData()),

@@ -16,11 +16,8 @@ from PySide6.QtWidgets import (
     QStyleOptionViewItem,
 )
 
-from podlab.core.serving.services import (
-    InferenceService,
-    ServiceEvent,
-    ServiceState,
-)
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.services import ServiceEvent
 from podlab.ui.models.table import ModelIndex, RowTableModel
 
 COLUMNS = ("Service", "Model", "State", "Engine", "Device", "Endpoint")

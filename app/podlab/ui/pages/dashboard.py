@@ -40,19 +40,15 @@ from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.models.hardware import HostFacts, read_host_facts
 from podlab.core.serving.engine import Engine, EngineStatus, install_hint
-from podlab.core.serving.gpu import (
+from podlab.core.serving.gpu.cdi import (
     ACTION_GENERATE_CDI,
-    GIB,
     PODLAB_CDI_SPEC_PATH,
-    Diagnosis,
-    GpuInfo,
-    GpuReport,
-    HostProbe,
-    detect_gpus,
     generate_cdi_spec,
-    plan_passthrough,
     write_cdi_spec,
 )
+from podlab.core.serving.gpu.detect import GpuReport, detect_gpus
+from podlab.core.serving.gpu.host import GIB, Diagnosis, GpuInfo, HostProbe
+from podlab.core.serving.gpu.passthrough import plan_passthrough
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.selftest import SelfTestResult, run_selftest, selftest_model
 from podlab.ui import background

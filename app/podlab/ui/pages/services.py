@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,15 +43,14 @@ from PySide6.QtWidgets import (
 
 from podlab.core.lab import Lab
 from podlab.core.models.store import PARTIAL, StoredModel
-from podlab.core.serving.gpu import GpuReport, plan_passthrough
-from podlab.core.serving.services import (
-    InferenceService,
-    ServiceEvent,
-    ServiceState,
-)
+from podlab.core.serving.gpu.detect import GpuReport
+from podlab.core.serving.gpu.passthrough import plan_passthrough
+from podlab.core.serving.inference import InferenceService, ServiceState
+from podlab.core.serving.planning import ServeRequest
+from podlab.core.serving.services import ServiceEvent
 from podlab.core.tasks import Task
 from podlab.ui import background
-from podlab.ui.dialogs.new_service import NewServiceDialog, NewServiceValues
+from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models.services_model import (
     COL_DEVICE,
@@ -364,21 +364,21 @@ class ServicesPage(QWidget):
         if model is not None:
             dialog.select_model(model)
         accepted = await ask(self, dialog)
-        values = dialog.values()
+        request = dialog.values()
         dialog.deleteLater()
         if not accepted:
             return None
-        return await self.start_new_service(values, report, on_created=on_created)
+        return await self.start_new_service(request, report, on_created=on_created)
 
     async def start_new_service(
         self,
-        values: NewServiceValues,
+        request: ServeRequest,
         report: GpuReport | None = None,
         *,
         on_created: Callable[[InferenceService], Any] | None = None,
     ) -> Task | None:
-        """Start a service from the dialog's values; asks before running on the CPU when a GPU
-        is present but cannot be passed (never a silent fallback)."""
+        """Start a service as the dialog asked; asks before running on the CPU when a GPU is
+        present but cannot be passed (never a silent fallback)."""
         bridge = self.bridge
         if bridge is None:
             return None
@@ -387,8 +387,8 @@ class ServicesPage(QWidget):
         allow_cpu = False
         # Only a container needs the GPU passed (CDI, /dev nodes); the local engine uses
         # whatever its llama.cpp build supports, and the badge says what it really got.
-        engine = await bridge.manager.resolve_engine(values.engine)
-        diagnosis = plan_passthrough(report, values.gpu).diagnosis
+        engine = await bridge.manager.resolve_engine(request.engine)
+        diagnosis = plan_passthrough(report, request.gpu).diagnosis
         if engine == "podman" and diagnosis.level == "error":
             question = MessageDialog(
                 self,
@@ -405,11 +405,7 @@ class ServicesPage(QWidget):
             if not allow_cpu:
                 return None
         task = bridge.new_service(
-            values.model,
-            engine=values.engine,
-            gpu=values.gpu,
-            options=values.options,
-            allow_cpu=allow_cpu,
+            replace(request, allow_cpu=allow_cpu),
             on_created=lambda service: self._created(service, on_created),
         )
         self._watch(task)

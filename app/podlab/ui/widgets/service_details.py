@@ -18,10 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.serving.services import (
-    InferenceService,
-    ServiceState,
-)
+from podlab.core.serving.inference import InferenceService, ServiceState
 from podlab.core.serving.snippets import Snippet, snippets
 from podlab.ui.models.services_model import BADGE_COLOURS, ENGINE_TITLES, device_badge
 

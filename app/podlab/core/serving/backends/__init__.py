@@ -1,0 +1,1 @@
+"""Where services run: one backend each for Podman containers and local processes."""

@@ -1,0 +1,2 @@
+"""GPUs for serving: what the host has (host), detection (detect), CDI specs (cdi) and
+passthrough planning (passthrough)."""
