@@ -157,7 +157,7 @@ async def test_a_local_engine_killed_by_a_signal_reads_as_crashed_with_its_log(
         ready_timeout=60,
     )
     with pytest.raises(PodlabError) as caught:
-        await manager.serve(smollm2_model, engine="local")
+        await manager.serve(ServeRequest(smollm2_model, engine="local"))
     assert "did not start: the server crashed (signal 11, SIGSEGV)" in caught.value.message
     assert "test engine that crashes" in caught.value.hint  # the log tail
     (found,) = await restarted_manager().list_services()
