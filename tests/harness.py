@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,6 +37,23 @@ default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 [engine]
 runtime = "runc"
 """
+
+
+# A rootless Podman without a systemd user session (the test user has none) needs cgroupfs and a
+# file events log; the rest is the same two quirks as above.
+ROOTLESS_CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+ROOTLESS_USER = "podlab-test"
+"""The unprivileged user whose own Podman serves the rootless tier when the suite runs as root
+(scripts/setup.sh test creates it)."""
 
 
 class HarnessError(RuntimeError):
@@ -65,9 +84,9 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None
     raise HarnessError(f"{url} did not answer within {timeout:.0f}s ({last})")
 
 
-def write_test_containers_conf(directory: Path) -> Path:
+def write_test_containers_conf(directory: Path, text: str = TEST_CONTAINERS_CONF) -> Path:
     path = directory / "containers.conf"
-    path.write_text(TEST_CONTAINERS_CONF)
+    path.write_text(text)
     return path
 
 
@@ -100,15 +119,27 @@ class PodmanService:
 
 
 @contextlib.contextmanager
-def podman_service(directory: Path) -> Iterator[PodmanService]:
+def podman_service(
+    directory: Path, conf_text: str = TEST_CONTAINERS_CONF
+) -> Iterator[PodmanService]:
     podman = require_podman()
-    conf = write_test_containers_conf(directory)
+    conf = write_test_containers_conf(directory, conf_text)
     sock = directory / "podman.sock"
+    with _serve_api([podman], podman_env(conf), sock, directory / "podman-service.log") as proc:
+        yield PodmanService(f"unix://{sock}", sock, conf, proc)
+
+
+@contextlib.contextmanager
+def _serve_api(
+    prefix: list[str], env: dict[str, str], sock: Path, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `podman system service` (prefix: podman itself, maybe behind runuser) until /_ping
+    answers on the socket; stop it afterwards."""
     url = f"unix://{sock}"
-    log = (directory / "podman-service.log").open("wb")
+    log = log_path.open("wb")
     proc = subprocess.Popen(
-        [podman, "system", "service", "--time=0", url],
-        env=podman_env(conf),
+        [*prefix, "system", "service", "--time=0", url],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -117,8 +148,7 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                service_log = (directory / "podman-service.log").read_text()
-                raise HarnessError(f"podman system service exited: {service_log}")
+                raise HarnessError(f"podman system service exited: {log_path.read_text()}")
             if sock.exists():
                 try:
                     with httpx.Client(transport=transport, timeout=2) as client:
@@ -129,7 +159,7 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
             if time.monotonic() > deadline:
                 raise HarnessError("podman system service did not answer /_ping within 30 s")
             time.sleep(0.05)
-        yield PodmanService(url, sock, conf, proc)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -138,6 +168,115 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@dataclass
+class RootlessPodman:
+    """A rootless Podman API service and how to run `podman` as its user.
+
+    As root: the service of ROOTLESS_USER (its own store, user namespace and runtime folder),
+    with this process as its client through the socket, the way a desktop user's Podman runs.
+    As an ordinary user: that user's own rootless Podman. `shared` is a folder that the service's
+    user and its containers can read (a model to mount must live there: /root is private).
+    """
+
+    service: PodmanService
+    prefix: list[str]
+    """argv that runs `podman` as the service's user with its environment."""
+    shared: Path
+    env: dict[str, str] | None = None
+    """Environment for `prefix` (None: the prefix sets the user's own)."""
+
+    def podman(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*self.prefix, *args], env=self.env, check=False, **kwargs)
+
+
+@contextlib.contextmanager
+def rootless_podman_service(directory: Path) -> Iterator[RootlessPodman]:
+    """Start the rootless tier's Podman service (see RootlessPodman)."""
+    podman = require_podman()
+    if os.geteuid() != 0:
+        with podman_service(directory, ROOTLESS_CONTAINERS_CONF) as service:
+            yield RootlessPodman(service, [podman], directory, service.env())
+        return
+    try:
+        user = pwd.getpwnam(ROOTLESS_USER)
+    except KeyError:
+        raise HarnessError(
+            f"the test user {ROOTLESS_USER} is missing: run scripts/setup.sh test as root"
+        ) from None
+    if not os.access("/dev/net/tun", os.R_OK) or os.stat("/dev/net/tun").st_mode & 0o006 != 0o006:
+        raise HarnessError("/dev/net/tun is not usable by users: run scripts/setup.sh test")
+    # The runtime folder is the same on every run: Podman remembers it in the user's database
+    # and refuses another one. Each session gets its own socket and log in a folder of its own.
+    base = Path(f"/tmp/podlab-rootless-{user.pw_uid}")
+    runtime = base / "run"
+    session = Path(tempfile.mkdtemp(prefix="session-", dir=_owned_dir(base, user, 0o755)))
+    _owned_dir(runtime, user, 0o700)
+    os.chown(session, user.pw_uid, user.pw_gid)
+    session.chmod(0o755)
+    conf = write_test_containers_conf(session, ROOTLESS_CONTAINERS_CONF)
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "XDG_RUNTIME_DIR": str(runtime),
+        "CONTAINERS_CONF": str(conf),
+    }
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    prefix = [runuser, "-u", user.pw_name, "--", "env", "-i"]
+    prefix += [f"{key}={value}" for key, value in env.items()] + [podman]
+    sock = session / "podman.sock"
+    try:
+        with _serve_api(prefix, dict(os.environ), sock, directory / "podman-service.log") as proc:
+            yield RootlessPodman(PodmanService(f"unix://{sock}", sock, conf, proc), prefix, session)
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def _owned_dir(path: Path, user: pwd.struct_passwd, mode: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    path.chmod(mode)
+    return path
+
+
+def load_image_as_user(rootless: RootlessPodman, image: str, root_conf: Path) -> str:
+    """Copy an image of root's store into the rootless user's store (podman save, podman load)
+    unless the same image (same id) is there already: images are per user, and nothing can be
+    pulled here."""
+    podman = require_podman()
+    inspect = ["image", "inspect", "--format", "{{.Id}}", image]
+    root_id = subprocess.run(
+        [podman, *inspect], env=podman_env(root_conf), capture_output=True, check=True
+    ).stdout.strip()
+    if rootless.podman(*inspect, capture_output=True).stdout.strip() == root_id:
+        return image
+    tarball = rootless.shared / f"image-{os.getpid()}.tar"
+    try:
+        subprocess.run(
+            [podman, "save", "-q", "-o", str(tarball), image], env=podman_env(root_conf), check=True
+        )
+        tarball.chmod(0o644)
+        loaded = rootless.podman("load", "-q", "-i", str(tarball), capture_output=True)
+        if loaded.returncode != 0:
+            raise HarnessError(f"podman load as the rootless user failed: {loaded.stderr!r}")
+    finally:
+        tarball.unlink(missing_ok=True)
+    return image
+
+
+def share_file(source: Path, rootless: RootlessPodman) -> Path:
+    """A world-readable copy of a file (a model to mount) where the rootless side can read it."""
+    folder = rootless.shared / "files"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o755)
+    copy = folder / source.name
+    if not copy.exists():
+        shutil.copyfile(source, copy)
+        copy.chmod(0o644)
+    return copy
 
 
 def ensure_base_image(containers_conf: Path) -> str:
