@@ -170,6 +170,18 @@ def _serve_api(
         log.close()
 
 
+def podman_server_version(service: PodmanService) -> str:
+    """The version the Podman service reports (4.3.1 on Debian 12, 5.x elsewhere)."""
+    done = subprocess.run(
+        [require_podman(), "--url", service.url, "version", "--format", "{{.Server.Version}}"],
+        env=service.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
 @dataclass
 class RootlessPodman:
     """A rootless Podman API service and how to run `podman` as its user.
@@ -383,3 +395,42 @@ def llama_server(model: Path, log_dir: Path, n_ctx: int = 2048) -> Iterator[Llam
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def xvfb_display() -> Iterator[str]:
+    """A real X server without a screen (Xvfb) on a free display number; yields ":N"."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None or shutil.which("xwininfo") is None:
+        raise HarnessError("Xvfb or xwininfo is missing: apt-get install -y xvfb x11-utils")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end) as chosen:
+            number = chosen.readline().strip()  # written once the server accepts clients
+        if not number:
+            raise HarnessError(f"Xvfb exited with {proc.wait()} before it chose a display")
+        yield f":{number}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def viewable_window(display: str, title: str) -> tuple[int, int] | None:
+    """(width, height) of the top-level window with this title when it is mapped, else None."""
+    done = subprocess.run(
+        ["xwininfo", "-display", display, "-name", title],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    facts = dict(line.strip().split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    if done.returncode != 0 or facts.get("Map State") != "IsViewable":
+        return None
+    return int(facts["Width"]), int(facts["Height"])
