@@ -292,23 +292,11 @@ def share_file(source: Path, rootless: RootlessPodman) -> Path:
 
 
 def ensure_base_image(containers_conf: Path) -> str:
-    """Build debian:bookworm-slim locally with mmdebstrap when absent; it is never pulled."""
-    podman = require_podman()
-    env = podman_env(containers_conf)
-    exists = subprocess.run([podman, "image", "exists", BASE_IMAGE], env=env, check=False)
-    if exists.returncode == 0:
-        return BASE_IMAGE
-    mmdebstrap = shutil.which("mmdebstrap")
-    if mmdebstrap is None:
-        raise HarnessError("mmdebstrap is not installed: apt-get install -y mmdebstrap")
-    with tempfile.TemporaryDirectory(prefix="podlab-base-") as tmp:
-        tarball = Path(tmp) / "bookworm.tar"
-        subprocess.run(
-            [mmdebstrap, "--variant=apt", "--include=ca-certificates", "bookworm", str(tarball)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        subprocess.run([podman, "import", str(tarball), BASE_IMAGE], env=env, check=True)
+    """Build debian:bookworm-slim locally with mmdebstrap when absent (scripts/base-image.sh, the
+    same script CI runs before the tests); it is never pulled."""
+    require_podman()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "base-image.sh"
+    subprocess.run([str(script)], env=podman_env(containers_conf), check=True)
     return BASE_IMAGE
 
 

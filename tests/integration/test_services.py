@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from podlab.core.chat.client import ChatClient, Done, GenerationParams, Token
 from podlab.core.errors import PodlabError
 from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
 from podlab.core.serving.engine import Engine
@@ -149,6 +150,30 @@ async def test_serve_smollm2_in_podlabs_image_and_chat(
     assert "Paris" in await ask_capital(service)
     await service_manager.delete(service)
     assert not podman_client.containers.exists(service.container_id)
+
+
+async def test_chat_client_streams_from_a_served_container(
+    tier_manager: ServiceManager, serving_tier: ServingTier
+) -> None:
+    """Podlab's chat client against a model served in a container, on both Podman tiers."""
+    service = await tier_manager.serve(
+        serving_tier.model, options=ServiceOptions(image=serving_tier.image, ctx_size=2048)
+    )
+    params = GenerationParams(temperature=0.0, seed=1, max_tokens=32)
+    tokens: list[str] = []
+    done: Done | None = None
+    async with ChatClient(service.endpoint) as client:
+        assert await client.list_models() == [service.model_ref]
+        async for event in client.stream_chat(CHAT["messages"], params=params):
+            if isinstance(event, Token):
+                tokens.append(event.text)
+            elif isinstance(event, Done):
+                done = event
+    assert done is not None and done.ok and not done.interrupted
+    assert "".join(tokens) == done.text and "Paris" in done.text
+    assert done.metrics.ttft_ms is not None and 0 < done.metrics.ttft_ms < done.metrics.total_ms
+    assert 0 < done.metrics.tokens <= 32
+    await tier_manager.delete(service)
 
 
 async def test_follow_logs_streams_new_lines(
