@@ -145,6 +145,9 @@ def main() -> int:
         help="serve at most this many MiB/s, like a real network link (default: no limit)",
     )
     parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the best figures to FILE as JSON"
+    )
+    parser.add_argument(
         "--child", nargs=3, metavar=("URL", "DEST", "SHA256"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -233,6 +236,9 @@ def main() -> int:
             cpu_line += f", curl {best['curl_cpu'] / gib:.2f} s"
         print(cpu_line + f"; this machine has {os.cpu_count()} CPUs")
         print(f"podlab peak memory: {-best['peak'] / 1e6:.1f} MB (target < 100 MB)")
+        if args.json:
+            figures = {"size_bytes": size, "rounds": args.rounds, **best, "peak": -best["peak"]}
+            args.json.write_text(json.dumps({"seconds": figures, "cpus": os.cpu_count()}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -2,15 +2,25 @@
 # Sets up everything Podlab needs on this machine; safe to run again (it only adds what is missing).
 #   scripts/setup.sh app    system libraries for Qt, Podman, and .venv with Podlab + local engine
 #   scripts/setup.sh test   the same plus test tools, test models and the test-only system parts
+#   add --system-only to stop after the system packages (and, for test, the rootless test user):
+#   CI runs that part in a clean container to prove it installs everything a feature needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=${1:-app}
+profile=app
+system_only=false
+for arg in "$@"; do
+  case "$arg" in
+    app|test) profile=$arg ;;
+    --system-only) system_only=true ;;
+    *) echo "usage: scripts/setup.sh [app|test] [--system-only]" >&2; exit 2 ;;
+  esac
+done
 
 app_packages=(python3 python3-venv python3-dev build-essential cmake git ca-certificates curl
   podman runc uidmap slirp4netns fuse-overlayfs catatonit
   fonts-dejavu-core libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
   libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0)
-test_packages=(mmdebstrap openssl openssh-server)
+test_packages=(mmdebstrap openssl openssh-server xvfb x11-utils passwd util-linux)
 
 wanted=("${app_packages[@]}")
 [ "$profile" = test ] && wanted+=("${test_packages[@]}")
@@ -30,6 +40,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$profile" = test ] && exit 1
   fi
 fi
+
+if [ "$profile" = test ] && [ "$(id -u)" = 0 ]; then
+  # The rootless test tier: an ordinary user whose own Podman serves containers (useradd fills
+  # /etc/subuid and /etc/subgid), and /dev/net/tun usable by users for rootless networking.
+  id podlab-test >/dev/null 2>&1 || useradd -m podlab-test
+  [ ! -c /dev/net/tun ] || chmod 666 /dev/net/tun
+fi
+"$system_only" && { echo "setup: system part done"; exit 0; }
 
 python=""
 for candidate in python3.13 python3.12 python3.11 python3; do

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from podlab.core.serving.gpu.host import CommandResult, HostProbe
 from tests import harness
 
 # Qt renders offscreen everywhere: tests, CI and screenshots need no display.
@@ -58,6 +59,28 @@ def podman_env(
     monkeypatch.setenv("CONTAINER_HOST", podman_service.url)
     monkeypatch.setenv("CONTAINERS_CONF", str(podman_service.containers_conf))
     return podman_service
+
+
+@pytest.fixture(scope="session")
+def rootless_podman(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[harness.RootlessPodman]:
+    """A rootless Podman service (the test user's as root, else the suite user's own)."""
+    with harness.rootless_podman_service(tmp_path_factory.mktemp("podman-rootless")) as rootless:
+        yield rootless
+
+
+@pytest.fixture
+def gpu_less_host(tmp_path: Path) -> HostProbe:
+    """Host facts of a machine without any GPU, whatever this machine has: tests that are not
+    about GPUs give it to detection, so that they hold on a GPU host as well."""
+    root = tmp_path / "gpu-less-host"
+    root.mkdir()
+
+    def no_commands(argv: Sequence[str]) -> CommandResult:
+        return CommandResult(127, "", f"{argv[0]}: command not found")
+
+    return HostProbe(root=root, run=no_commands, env={"PATH": "/usr/bin"}, system="Linux")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,6 +36,23 @@ default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 [engine]
 runtime = "runc"
 """
+
+
+# A rootless Podman without a systemd user session (the test user has none) needs cgroupfs and a
+# file events log; the rest is the same two quirks as above.
+ROOTLESS_CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+ROOTLESS_USER = "podlab-test"
+"""The unprivileged user whose own Podman serves the rootless tier when the suite runs as root
+(scripts/setup.sh test creates it)."""
 
 
 class HarnessError(RuntimeError):
@@ -65,9 +83,9 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None
     raise HarnessError(f"{url} did not answer within {timeout:.0f}s ({last})")
 
 
-def write_test_containers_conf(directory: Path) -> Path:
+def write_test_containers_conf(directory: Path, text: str = TEST_CONTAINERS_CONF) -> Path:
     path = directory / "containers.conf"
-    path.write_text(TEST_CONTAINERS_CONF)
+    path.write_text(text)
     return path
 
 
@@ -100,15 +118,27 @@ class PodmanService:
 
 
 @contextlib.contextmanager
-def podman_service(directory: Path) -> Iterator[PodmanService]:
+def podman_service(
+    directory: Path, conf_text: str = TEST_CONTAINERS_CONF
+) -> Iterator[PodmanService]:
     podman = require_podman()
-    conf = write_test_containers_conf(directory)
+    conf = write_test_containers_conf(directory, conf_text)
     sock = directory / "podman.sock"
+    with _serve_api([podman], podman_env(conf), sock, directory / "podman-service.log") as proc:
+        yield PodmanService(f"unix://{sock}", sock, conf, proc)
+
+
+@contextlib.contextmanager
+def _serve_api(
+    prefix: list[str], env: dict[str, str], sock: Path, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `podman system service` (prefix: podman itself, maybe behind runuser) until /_ping
+    answers on the socket; stop it afterwards."""
     url = f"unix://{sock}"
-    log = (directory / "podman-service.log").open("wb")
+    log = log_path.open("wb")
     proc = subprocess.Popen(
-        [podman, "system", "service", "--time=0", url],
-        env=podman_env(conf),
+        [*prefix, "system", "service", "--time=0", url],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -117,8 +147,7 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                service_log = (directory / "podman-service.log").read_text()
-                raise HarnessError(f"podman system service exited: {service_log}")
+                raise HarnessError(f"podman system service exited: {log_path.read_text()}")
             if sock.exists():
                 try:
                     with httpx.Client(transport=transport, timeout=2) as client:
@@ -129,7 +158,7 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
             if time.monotonic() > deadline:
                 raise HarnessError("podman system service did not answer /_ping within 30 s")
             time.sleep(0.05)
-        yield PodmanService(url, sock, conf, proc)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -138,6 +167,127 @@ def podman_service(directory: Path) -> Iterator[PodmanService]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def podman_server_version(service: PodmanService) -> str:
+    """The version the Podman service reports (4.3.1 on Debian 12, 5.x elsewhere)."""
+    done = subprocess.run(
+        [require_podman(), "--url", service.url, "version", "--format", "{{.Server.Version}}"],
+        env=service.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class RootlessPodman:
+    """A rootless Podman API service and how to run `podman` as its user.
+
+    As root: the service of ROOTLESS_USER (its own store, user namespace and runtime folder),
+    with this process as its client through the socket, the way a desktop user's Podman runs.
+    As an ordinary user: that user's own rootless Podman. `shared` is a folder that the service's
+    user and its containers can read (a model to mount must live there: /root is private).
+    """
+
+    service: PodmanService
+    prefix: list[str]
+    """argv that runs `podman` as the service's user with its environment."""
+    shared: Path
+    env: dict[str, str] | None = None
+    """Environment for `prefix` (None: the prefix sets the user's own)."""
+
+    def podman(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*self.prefix, *args], env=self.env, check=False, **kwargs)
+
+
+@contextlib.contextmanager
+def rootless_podman_service(directory: Path) -> Iterator[RootlessPodman]:
+    """Start the rootless tier's Podman service (see RootlessPodman)."""
+    podman = require_podman()
+    if os.geteuid() != 0:
+        with podman_service(directory, ROOTLESS_CONTAINERS_CONF) as service:
+            yield RootlessPodman(service, [podman], directory, service.env())
+        return
+    try:
+        user = pwd.getpwnam(ROOTLESS_USER)
+    except KeyError:
+        raise HarnessError(
+            f"the test user {ROOTLESS_USER} is missing: run scripts/setup.sh test as root"
+        ) from None
+    if not os.access("/dev/net/tun", os.R_OK) or os.stat("/dev/net/tun").st_mode & 0o006 != 0o006:
+        raise HarnessError("/dev/net/tun is not usable by users: run scripts/setup.sh test")
+    # The runtime folder is the same on every run: Podman remembers it in the user's database
+    # and refuses another one. Each session gets its own socket and log in a folder of its own.
+    base = Path(f"/tmp/podlab-rootless-{user.pw_uid}")
+    runtime = base / "run"
+    session = Path(tempfile.mkdtemp(prefix="session-", dir=_owned_dir(base, user, 0o755)))
+    _owned_dir(runtime, user, 0o700)
+    os.chown(session, user.pw_uid, user.pw_gid)
+    session.chmod(0o755)
+    conf = write_test_containers_conf(session, ROOTLESS_CONTAINERS_CONF)
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "XDG_RUNTIME_DIR": str(runtime),
+        "CONTAINERS_CONF": str(conf),
+    }
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    prefix = [runuser, "-u", user.pw_name, "--", "env", "-i"]
+    prefix += [f"{key}={value}" for key, value in env.items()] + [podman]
+    sock = session / "podman.sock"
+    try:
+        with _serve_api(prefix, dict(os.environ), sock, directory / "podman-service.log") as proc:
+            yield RootlessPodman(PodmanService(f"unix://{sock}", sock, conf, proc), prefix, session)
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def _owned_dir(path: Path, user: pwd.struct_passwd, mode: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    path.chmod(mode)
+    return path
+
+
+def load_image_as_user(rootless: RootlessPodman, image: str, root_conf: Path) -> str:
+    """Copy an image of root's store into the rootless user's store (podman save, podman load)
+    unless the same image (same id) is there already: images are per user, and nothing can be
+    pulled here."""
+    podman = require_podman()
+    inspect = ["image", "inspect", "--format", "{{.Id}}", image]
+    root_id = subprocess.run(
+        [podman, *inspect], env=podman_env(root_conf), capture_output=True, check=True
+    ).stdout.strip()
+    if rootless.podman(*inspect, capture_output=True).stdout.strip() == root_id:
+        return image
+    tarball = rootless.shared / f"image-{os.getpid()}.tar"
+    try:
+        subprocess.run(
+            [podman, "save", "-q", "-o", str(tarball), image], env=podman_env(root_conf), check=True
+        )
+        tarball.chmod(0o644)
+        loaded = rootless.podman("load", "-q", "-i", str(tarball), capture_output=True)
+        if loaded.returncode != 0:
+            raise HarnessError(f"podman load as the rootless user failed: {loaded.stderr!r}")
+    finally:
+        tarball.unlink(missing_ok=True)
+    return image
+
+
+def share_file(source: Path, rootless: RootlessPodman) -> Path:
+    """A world-readable copy of a file (a model to mount) where the rootless side can read it."""
+    folder = rootless.shared / "files"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o755)
+    copy = folder / source.name
+    if not copy.exists():
+        shutil.copyfile(source, copy)
+        copy.chmod(0o644)
+    return copy
 
 
 @dataclass
@@ -240,23 +390,11 @@ def ssh_server(directory: Path) -> Iterator[SshServer]:
 
 
 def ensure_base_image(containers_conf: Path) -> str:
-    """Build debian:bookworm-slim locally with mmdebstrap when absent; it is never pulled."""
-    podman = require_podman()
-    env = podman_env(containers_conf)
-    exists = subprocess.run([podman, "image", "exists", BASE_IMAGE], env=env, check=False)
-    if exists.returncode == 0:
-        return BASE_IMAGE
-    mmdebstrap = shutil.which("mmdebstrap")
-    if mmdebstrap is None:
-        raise HarnessError("mmdebstrap is not installed: apt-get install -y mmdebstrap")
-    with tempfile.TemporaryDirectory(prefix="podlab-base-") as tmp:
-        tarball = Path(tmp) / "bookworm.tar"
-        subprocess.run(
-            [mmdebstrap, "--variant=apt", "--include=ca-certificates", "bookworm", str(tarball)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        subprocess.run([podman, "import", str(tarball), BASE_IMAGE], env=env, check=True)
+    """Build debian:bookworm-slim locally with mmdebstrap when absent (scripts/base-image.sh, the
+    same script CI runs before the tests); it is never pulled."""
+    require_podman()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "base-image.sh"
+    subprocess.run([str(script)], env=podman_env(containers_conf), check=True)
     return BASE_IMAGE
 
 
@@ -336,6 +474,45 @@ def llama_server(model: Path, log_dir: Path, n_ctx: int = 2048) -> Iterator[Llam
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def xvfb_display() -> Iterator[str]:
+    """A real X server without a screen (Xvfb) on a free display number; yields ":N"."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None or shutil.which("xwininfo") is None:
+        raise HarnessError("Xvfb or xwininfo is missing: apt-get install -y xvfb x11-utils")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end) as chosen:
+            number = chosen.readline().strip()  # written once the server accepts clients
+        if not number:
+            raise HarnessError(f"Xvfb exited with {proc.wait()} before it chose a display")
+        yield f":{number}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def viewable_window(display: str, title: str) -> tuple[int, int] | None:
+    """(width, height) of the top-level window with this title when it is mapped, else None."""
+    done = subprocess.run(
+        ["xwininfo", "-display", display, "-name", title],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    facts = dict(line.strip().split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    if done.returncode != 0 or facts.get("Map State") != "IsViewable":
+        return None
+    return int(facts["Width"]), int(facts["Height"])
 
 
 def crashing_python(directory: Path, signum: int) -> Path:

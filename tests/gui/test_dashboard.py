@@ -20,11 +20,13 @@ from PySide6.QtWidgets import QApplication
 from podlab.core.lab import Lab
 from podlab.core.models.store import ModelStore
 from podlab.core.serving.gpu.cdi import PODLAB_CDI_SPEC_PATH
+from podlab.core.serving.gpu.detect import detect_gpus
 from podlab.core.serving.gpu.host import CommandResult, HostProbe
 from podlab.core.serving.local_server import PYTHON_ENV
 from podlab.ui.main_window import MainWindow
 from podlab.ui.pages.dashboard import NO_GPU_TEXT, CdiSpecDialog, DashboardPage
 from tests import harness
+from tests.harness import podman_server_version
 
 pytestmark = pytest.mark.gui
 
@@ -88,7 +90,7 @@ def fake_nvidia_host(root: Path, *, with_ctk: bool = False) -> HostProbe:
 def test_engine_card_shows_the_real_podman_version(window, qtbot, podman_env) -> None:  # type: ignore[no-untyped-def]
     page = open_dashboard(window, qtbot)
     text = page.engine_card.text()
-    assert "Podman 4." in text, text
+    assert f"Podman {podman_server_version(podman_env)}" in text, text
     assert podman_env.url in text
     assert page.engine_card.chip.level == "ok"
     assert "start-service" not in page.engine_card.buttons
@@ -120,12 +122,27 @@ def test_engine_card_says_podman_is_not_found_and_how_to_get_it(
     assert "start-service" not in page.engine_card.buttons  # nothing to start without the CLI
 
 
-def test_gpu_card_says_plainly_that_there_is_no_gpu(window, qtbot) -> None:  # type: ignore[no-untyped-def]
-    page = open_dashboard(window, qtbot)
+def test_gpu_card_says_plainly_that_there_is_no_gpu(window, qtbot, gpu_less_host) -> None:  # type: ignore[no-untyped-def]
+    page = open_dashboard(window, qtbot, gpu_less_host)
     assert page.last_report is not None and page.last_report.gpus == []
     titles = [card.title.text() for card in page.gpu_cards]
     assert NO_GPU_TEXT in titles
     assert NO_GPU_TEXT == "No GPU found — services run on the CPU"
+
+
+def test_gpu_cards_show_what_this_host_really_has(window, qtbot) -> None:  # type: ignore[no-untyped-def]
+    """The real detection on the real host, GPU or not: the page shows what detection finds."""
+    page = open_dashboard(window, qtbot)
+    report = detect_gpus(HostProbe())
+    assert page.last_report is not None
+    assert [gpu.name for gpu in page.last_report.gpus] == [gpu.name for gpu in report.gpus]
+    titles = [card.title.text() for card in page.gpu_cards]
+    if report.gpus:
+        assert NO_GPU_TEXT not in titles
+        for gpu in report.gpus:
+            assert any(gpu.name in card.text() for card in page.gpu_cards), gpu.name
+    else:
+        assert NO_GPU_TEXT in titles
     host = page.host_card.text()
     assert "RAM:" in host and "GiB total" in host
 

@@ -71,12 +71,14 @@ def server_image(request, podman_service, base_image: str) -> str:  # type: igno
 
 
 @pytest.fixture
-def window(qtbot, qloop):  # type: ignore[no-untyped-def]
+def window(qtbot, qloop, gpu_less_host):  # type: ignore[no-untyped-def]
     lab = Lab.open()
     win = MainWindow(lab)
     qtbot.addWidget(win)
     win.resize(1280, 800)
     bridge = service_bridge_for(lab)
+    # The page plans GPU passthrough for a host without a GPU, whatever this machine has.
+    bridge.manager.gpu_probe = gpu_less_host
     created: list[InferenceService] = []
 
     def remember(event: ServiceEvent) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from podlab.core.paths import Locations
 from podlab.core.serving.backends.podman import build_model_server_image
 from podlab.core.serving.container_spec import LABEL_SERVICE_ID, PODLAB_SERVER_IMAGE
 from podlab.core.serving.engine import Engine
+from podlab.core.serving.gpu.host import HostProbe
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.services import ServiceManager
 from podlab.core.settings import Settings
@@ -99,19 +101,20 @@ def kill_local_servers(locations: Locations) -> None:
             os.killpg(record.pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def service_manager(
-    podman_env: harness.PodmanService, podman_client: Any
+@contextlib.contextmanager
+def managed_services(
+    url: str, client: Any, gpu_probe: HostProbe | None = None
 ) -> Iterator[ServiceManager]:
-    """A ServiceManager on the test Podman service. Afterwards the containers of the services it
-    created and every local server of this test are removed; nothing else is touched (other
-    test sessions share the machine's container storage)."""
+    """A ServiceManager on the Podman service at `url`. Afterwards the containers of the
+    services it created and every local server of this test are removed; nothing else is
+    touched (other test sessions share the machine's container storage)."""
     locations = Locations.default()
     settings = Settings()
     manager = ServiceManager(
-        Engine(settings, url=podman_env.url, locations=locations),
+        Engine(settings, url=url, locations=locations),
         settings=settings,
         locations=locations,
+        gpu_probe=gpu_probe,
         port_base=harness.free_port(),
         ready_timeout=120,
     )
@@ -121,7 +124,84 @@ def service_manager(
         yield manager
     finally:
         kill_local_servers(locations)
-        remove_services(podman_client, created)
+        remove_services(client, created)
+
+
+@pytest.fixture
+def service_manager(
+    podman_env: harness.PodmanService, podman_client: Any, gpu_less_host: HostProbe
+) -> Iterator[ServiceManager]:
+    """A ServiceManager on the test Podman service that sees a host without a GPU (tests that
+    plan GPU passthrough pass their own plan)."""
+    with managed_services(podman_env.url, podman_client, gpu_less_host) as manager:
+        yield manager
+
+
+@dataclass
+class ServingTier:
+    """A Podman that serves models for Podlab, with the image and model usable there."""
+
+    name: str
+    service: harness.PodmanService
+    client: Any
+    image: str
+    """Podlab's model-server image in this Podman's store."""
+    model: Path
+    """SmolLM2, where this Podman's containers can read it."""
+
+    @property
+    def measures_containers(self) -> bool:
+        """Whether this Podman has container statistics: a rootless one on cgroup v1 (these
+        machines) has no cgroup of its own to read them from."""
+        host = self.client.info()["host"]
+        return not (host["security"]["rootless"] and host["cgroupVersion"] == "v1")
+
+
+@pytest.fixture(scope="session")
+def rootless_tier(
+    rootless_podman: harness.RootlessPodman,
+    podman_service: harness.PodmanService,
+    model_server_image: str,
+    smollm2_model: Path,
+) -> Iterator[ServingTier]:
+    """The rootless Podman with Podlab's image loaded into its user's store (once per run)."""
+    import podman
+
+    started = time.monotonic()
+    image = harness.load_image_as_user(
+        rootless_podman, model_server_image, podman_service.containers_conf
+    )
+    model = harness.share_file(smollm2_model, rootless_podman)
+    print(f"rootless tier ready in {time.monotonic() - started:.1f} s")
+    with podman.PodmanClient(base_url=rootless_podman.service.url) as client:
+        yield ServingTier("rootless", rootless_podman.service, client, image, model)
+
+
+@pytest.fixture(params=["podman", pytest.param("rootless", marks=pytest.mark.rootless)])
+def serving_tier(request: pytest.FixtureRequest) -> ServingTier:
+    """The suite's own Podman service (rootful when the suite runs as root), then the rootless
+    one: service tests taking this run on both."""
+    if request.param == "rootless":
+        tier: ServingTier = request.getfixturevalue("rootless_tier")
+        return tier
+    return ServingTier(
+        "podman",
+        request.getfixturevalue("podman_service"),
+        request.getfixturevalue("podman_client"),
+        request.getfixturevalue("model_server_image"),
+        request.getfixturevalue("smollm2_model"),
+    )
+
+
+@pytest.fixture
+def tier_manager(
+    serving_tier: ServingTier, gpu_less_host: HostProbe, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ServiceManager]:
+    """A ServiceManager (and CONTAINER_HOST for the CLI) on the serving tier's Podman."""
+    monkeypatch.setenv("CONTAINER_HOST", serving_tier.service.url)
+    monkeypatch.setenv("CONTAINERS_CONF", str(serving_tier.service.containers_conf))
+    with managed_services(serving_tier.service.url, serving_tier.client, gpu_less_host) as manager:
+        yield manager
 
 
 @pytest.fixture

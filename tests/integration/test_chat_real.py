@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,9 +15,12 @@ from tests import harness
 
 pytestmark = pytest.mark.integration
 
+# "Answer in one word." makes SmolLM2's greedy answer Paris across CPUs and builds; without it
+# one build answered in French nonsense.
+CAPITAL_ONE_WORD = "What is the capital of France? Answer in one word."
 QUESTION = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "user", "content": CAPITAL_ONE_WORD},
 ]
 
 
@@ -33,17 +37,24 @@ async def collect(events):  # type: ignore[no-untyped-def]
 
 
 async def test_streamed_text_equals_the_non_streamed_answer(
-    smollm2_server: harness.LlamaServer,
+    smollm2_model: Path, tmp_path: Path
 ) -> None:
+    """Equality is the point here, so both requests start from the same server state: each goes
+    to a fresh server. llama-cpp-python reuses the cached prefix of the previous request, and a
+    prompt evaluated partly from that cache can change the greedy answer (seen on one machine:
+    "The capital of France is Paris." streamed, then "La femme de France..." whole). The seed is
+    fixed, the temperature 0 and the thread count the same for both."""
     params = GenerationParams(temperature=0.0, seed=42, max_tokens=48)
-    async with ChatClient(smollm2_server.base_url) as client:
-        [model] = await client.list_models()
-        streamed, done = await collect(client.stream_chat(QUESTION, model=model, params=params))
-    async with httpx.AsyncClient(timeout=120) as raw:
-        response = await raw.post(
-            f"{smollm2_server.base_url}/v1/chat/completions",
-            json={"messages": QUESTION, "model": model, **params.to_request()},
-        )
+    with harness.llama_server(smollm2_model, tmp_path) as server:
+        async with ChatClient(server.base_url) as client:
+            [model] = await client.list_models()
+            streamed, done = await collect(client.stream_chat(QUESTION, model=model, params=params))
+    with harness.llama_server(smollm2_model, tmp_path) as server:
+        async with httpx.AsyncClient(timeout=120) as raw:
+            response = await raw.post(
+                f"{server.base_url}/v1/chat/completions",
+                json={"messages": QUESTION, "model": model, **params.to_request()},
+            )
     whole = response.json()["choices"][0]["message"]["content"]
     assert done.ok and not done.interrupted
     assert streamed == whole == done.text
@@ -87,21 +98,18 @@ def run_podlab(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_chat_prints_exactly_the_answer(smollm2_server: harness.LlamaServer) -> None:
+def test_cli_chat_prints_exactly_the_answer(smollm2_model: Path, tmp_path: Path) -> None:
+    """Plain and --json output of the same question must hold the same text: each run asks a
+    fresh server, for the reason given in test_streamed_text_equals_the_non_streamed_answer."""
     args = ["--system", "You are a helpful assistant.", "--param", "temperature=0"]
     args += ["--param", "seed=42", "--param", "max_tokens=48"]
-    plain = run_podlab(
-        "chat", "--endpoint", smollm2_server.base_url, *args, "What is the capital of France?"
-    )
+    with harness.llama_server(smollm2_model, tmp_path) as server:
+        plain = run_podlab("chat", "--endpoint", server.base_url, *args, CAPITAL_ONE_WORD)
     assert plain.returncode == 0, plain.stderr
-    as_json = run_podlab(
-        "chat",
-        "--endpoint",
-        smollm2_server.base_url,
-        *args,
-        "--json",
-        "What is the capital of France?",
-    )
+    with harness.llama_server(smollm2_model, tmp_path) as server:
+        as_json = run_podlab(
+            "chat", "--endpoint", server.base_url, *args, "--json", CAPITAL_ONE_WORD
+        )
     assert as_json.returncode == 0, as_json.stderr
     events = [json.loads(line) for line in as_json.stdout.splitlines()]
     done = events[-1]

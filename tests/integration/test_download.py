@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -794,16 +795,34 @@ def test_cli_ctrl_c_keeps_the_partial_and_says_it_resumes(server: FaultServer, t
 
 
 def test_bench_runs_small(tmp_path: Path) -> None:
+    """The bench's figures are real measurements of this run and its summary says them."""
     assert shutil.which("curl") is not None, "curl is missing: scripts/setup.sh installs it"
+    figures_file = tmp_path / "bench.json"
+    bench = [sys.executable, str(REPO / "bench" / "download.py"), "--size-mib", "8"]
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "download.py"), "--size-mib", "8"],
+        [*bench, "--json", str(figures_file)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
-    assert "ratio" in done.stdout and "peak memory" in done.stdout
+    figures = json.loads(figures_file.read_text())["seconds"]
+    assert figures["size_bytes"] == 8 * 1024 * 1024 and figures["rounds"] == 2
+    for key in ("podlab", "podlab_durable", "curl", "curl_durable", "podlab_cpu"):
+        assert figures[key] > 0, key
+    assert figures["podlab_durable"] >= figures["podlab"]  # fsync and rename come after
+    assert figures["curl_durable"] >= figures["curl"]
+    assert figures["peak"] > 1024 * 1024  # ru_maxrss of a Python process, in bytes
+    ratio = figures["curl"] / figures["podlab"]
+    peak_mb = figures["peak"] / 1e6
+    assert f"ratio transfer: {ratio:.2f} of curl" in done.stdout, done.stdout
+    assert f"podlab peak memory: {peak_mb:.1f} MB" in done.stdout, done.stdout
+    rates = re.findall(r"round (\d): (podlab|curl) +([0-9.]+) MiB/s", done.stdout)
+    assert sorted((n, who) for n, who, _ in rates) == [
+        ("1", "curl"), ("1", "podlab"), ("2", "curl"), ("2", "podlab"),
+    ]  # fmt: skip
+    assert all(float(rate) > 0 for *_, rate in rates)
 
 
 def test_server_sha256_ignores_weak_and_short_etags() -> None:

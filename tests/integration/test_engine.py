@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,17 @@ from tests import harness
 pytestmark = pytest.mark.integration
 
 
-async def test_discovers_podman_from_container_host(podman_env: harness.PodmanService) -> None:
+async def test_discovers_podman_from_container_host(
+    podman_env: harness.PodmanService, base_image: str
+) -> None:
     engine = Engine()
     status = await engine.connect()
     assert status.available, status.problem
     assert status.url == podman_env.url
     assert status.source == "CONTAINER_HOST"
-    assert status.version is not None and status.version.startswith("4.")
-    assert await engine.image_exists("docker.io/library/debian:bookworm-slim") in (True, False)
+    assert status.version == harness.podman_server_version(podman_env)
+    assert await engine.image_exists(base_image) is True
+    assert await engine.image_exists(f"localhost/podlab-no-such-image:{uuid.uuid4().hex}") is False
     await engine.aclose()
 
 

@@ -62,7 +62,7 @@ def test_llama_server_with_smollm2_answers_a_chat_completion(
         json={
             "messages": [
                 {"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "What is the capital of France?"},
+                {"role": "user", "content": "What is the capital of France? Answer in one word."},
             ],
             "temperature": 0,
             "max_tokens": 32,

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 CHAT = {
     "messages": [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "user", "content": "What is the capital of France? Answer in one word."},
     ],
     "temperature": 0,
     "max_tokens": 32,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from podlab.core.chat.client import ChatClient, Done, GenerationParams, Token
 from podlab.core.errors import PodlabError
 from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
 from podlab.core.serving.engine import Engine
@@ -29,14 +31,14 @@ from podlab.core.serving.planning import ServeRequest
 from podlab.core.serving.services import ServiceEvent, ServiceManager
 from podlab.core.settings import Settings
 from tests import harness
-from tests.integration.conftest import remove_services
+from tests.integration.conftest import ServingTier, remove_services
 
 pytestmark = pytest.mark.integration
 
 CHAT = {
     "messages": [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "user", "content": "What is the capital of France? Answer in one word."},
     ],
     "temperature": 0,
     "max_tokens": 32,
@@ -58,25 +60,39 @@ async def ask_capital(service: InferenceService) -> str:
     return str(response.json()["choices"][0]["message"]["content"])
 
 
+def default_capabilities(client: Any, image: str) -> list[str]:
+    """The capabilities Podman gives a root container when nothing is dropped."""
+    container = client.containers.create(image, ["true"], user="0", labels={"podlab.test": "caps"})
+    try:
+        container.reload()
+        caps = list(container.attrs["EffectiveCaps"] or [])
+    finally:
+        container.remove(force=True)
+    assert "CAP_CHOWN" in caps and "CAP_NET_BIND_SERVICE" in caps, caps
+    return caps
+
+
 def fresh_manager(podman_env: harness.PodmanService) -> ServiceManager:
     """A new manager, as after an application restart (nothing in memory)."""
     return ServiceManager(Engine(url=podman_env.url), settings=Settings())
 
 
 async def test_serve_smollm2_in_podlabs_image_and_chat(
-    service_manager: ServiceManager,
-    model_server_image: str,
-    smollm2_model: Path,
-    podman_client: Any,
-    podman_env: harness.PodmanService,
+    tier_manager: ServiceManager, serving_tier: ServingTier
 ) -> None:
+    """serve -> ready -> chat -> stop -> restart -> delete, on the suite's Podman and on a
+    rootless one (Podlab as its client, as on a desktop)."""
+    service_manager = tier_manager
+    podman_client = serving_tier.client
     events: list[ServiceEvent] = []
     service_manager.subscribe(events.append)
     started = time.monotonic()
     service = await service_manager.serve(
-        ServeRequest(smollm2_model, options=ServiceOptions(image=model_server_image, ctx_size=2048))
+        ServeRequest(
+            serving_tier.model, options=ServiceOptions(image=serving_tier.image, ctx_size=2048)
+        )
     )
-    print(f"serve -> ready in {time.monotonic() - started:.2f} s")
+    print(f"{serving_tier.name}: serve -> ready in {time.monotonic() - started:.2f} s")
     assert service.state == ServiceState.READY
     assert service.engine == "podman" and service.server_kind == "llama-cpp-python"
     assert service.host == "127.0.0.1"
@@ -97,12 +113,16 @@ async def test_serve_smollm2_in_podlabs_image_and_chat(
     assert "no-new-privileges" in host_config["SecurityOpt"]
     assert "label=disable" not in host_config["SecurityOpt"]
     assert not host_config.get("CapAdd")
-    assert not attrs.get("EffectiveCaps")  # cap_drop ALL: nothing left
+    # The server runs as user 1001, so its effective set is empty whatever was dropped: what
+    # proves cap_drop=ALL is that every capability a default container gets was dropped.
+    assert set(default_capabilities(podman_client, serving_tier.image)) <= set(
+        host_config["CapDrop"]
+    )
     assert host_config["Init"] is True
     assert not host_config.get("Privileged")
     (mount,) = [m for m in attrs["Mounts"] if m["Destination"].startswith("/models/")]
     assert mount["RW"] is False
-    assert mount["Source"] == str(smollm2_model)
+    assert mount["Source"] == str(serving_tier.model.resolve())
     labels = attrs["Config"]["Labels"]
     assert labels[LABEL_MANAGED] == "true"
     assert labels[LABEL_SERVICE_ID] == service.id
@@ -110,7 +130,7 @@ async def test_serve_smollm2_in_podlabs_image_and_chat(
     assert attrs["Config"]["User"] == "1001"
 
     # Rediscovered after an "app restart", ready, with the device read again.
-    again = fresh_manager(podman_env)
+    again = fresh_manager(serving_tier.service)
     found = {s.id: s for s in await again.list_services()}
     assert found[service.id].state == ServiceState.READY
     assert found[service.id].device == "CPU"
@@ -119,16 +139,45 @@ async def test_serve_smollm2_in_podlabs_image_and_chat(
     lines = [line async for line in service_manager.logs(service, tail=50)]
     assert any("/v1/chat/completions" in line for line in lines)
     stats = await service_manager.stats(service)
-    assert stats["memory_bytes"] and stats["memory_bytes"] > 10 * 1024**2
+    if serving_tier.measures_containers:
+        assert stats["memory_bytes"] and stats["memory_bytes"] > 10 * 1024**2
+    else:
+        assert stats["memory_bytes"] is None  # unknown, not made up
 
     await service_manager.stop(service)
     assert service.state == ServiceState.STOPPED
-    assert (await fresh_manager(podman_env).get(service.id)).state == ServiceState.STOPPED
+    assert (await fresh_manager(serving_tier.service).get(service.id)).state == ServiceState.STOPPED
     await service_manager.restart(service)
     assert service.state == ServiceState.READY
     assert "Paris" in await ask_capital(service)
     await service_manager.delete(service)
     assert not podman_client.containers.exists(service.container_id)
+
+
+async def test_chat_client_streams_from_a_served_container(
+    tier_manager: ServiceManager, serving_tier: ServingTier
+) -> None:
+    """Podlab's chat client against a model served in a container, on both Podman tiers."""
+    service = await tier_manager.serve(
+        ServeRequest(
+            serving_tier.model, options=ServiceOptions(image=serving_tier.image, ctx_size=2048)
+        )
+    )
+    params = GenerationParams(temperature=0.0, seed=1, max_tokens=32)
+    tokens: list[str] = []
+    done: Done | None = None
+    async with ChatClient(service.endpoint) as client:
+        assert await client.list_models() == [service.model_ref]
+        async for event in client.stream_chat(CHAT["messages"], params=params):
+            if isinstance(event, Token):
+                tokens.append(event.text)
+            elif isinstance(event, Done):
+                done = event
+    assert done is not None and done.ok and not done.interrupted
+    assert "".join(tokens) == done.text and "Paris" in done.text
+    assert done.metrics.ttft_ms is not None and 0 < done.metrics.ttft_ms < done.metrics.total_ms
+    assert 0 < done.metrics.tokens <= 32
+    await tier_manager.delete(service)
 
 
 async def test_follow_logs_streams_new_lines(
@@ -150,6 +199,30 @@ async def test_follow_logs_streams_new_lines(
     assert lines == ["podlab-line-1", "podlab-line-2", "podlab-line-3"]
     listed = {s.id: s for s in await service_manager.list_services()}
     assert listed[service.id] is service and service.state == ServiceState.STOPPED  # exit 0
+
+
+async def test_root_in_podlabs_spec_has_no_capabilities(
+    service_manager: ServiceManager, base_image: str, smollm2_model: Path, podman_client: Any
+) -> None:
+    """Podlab's own spec, but as user 0: the kernel's view from inside is what counts."""
+    script = "id -u; grep -E '^Cap(Eff|Bnd):' /proc/self/status; grep NoNewPrivs /proc/self/status"
+    service = await service_manager.create(
+        ServeRequest(
+            smollm2_model, options=cheap_options(base_image), server_kind="llama-cpp-python"
+        )
+    )
+    assert service.spec is not None and service.spec.cap_drop == ["ALL"]
+    as_root = dataclasses.replace(
+        service.spec, name=None, user="0", ports=[], entrypoint=["sh", "-c"], command=[script]
+    )
+    container = podman_client.containers.create(**as_root.to_podman_kwargs())
+    try:
+        container.start()
+        assert container.wait(timeout=30) == 0
+        lines = b"".join(container.logs()).decode().split()
+    finally:
+        container.remove(force=True)
+    assert lines == ["0", "CapEff:", "0" * 16, "CapBnd:", "0" * 16, "NoNewPrivs:", "1"]
 
 
 @pytest.fixture
@@ -376,9 +449,8 @@ def test_serve_dry_run_prints_the_exact_create_kwargs(
 
     with_serve = tuple(dict.fromkeys((*cli.COMMAND_MODULES, "serve")))
     monkeypatch.setattr(cli, "COMMAND_MODULES", with_serve)
-    code = cli.main(
-        ["serve", str(smollm2_model), "--engine", "podman", "--ctx", "2048", "--dry-run", "--json"]
-    )
+    args = ["serve", str(smollm2_model), "--engine", "podman", "--gpu", "none", "--ctx", "2048"]
+    code = cli.main([*args, "--dry-run", "--json"])
     out = capsys.readouterr().out
     assert code == 0
     kwargs = json.loads(out)
@@ -397,13 +469,13 @@ def test_serve_dry_run_prints_the_exact_create_kwargs(
 
 
 def test_services_cli_round_trip(
-    podman_env: harness.PodmanService,
+    tier_manager: ServiceManager,
+    serving_tier: ServingTier,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    model_server_image: str,
-    smollm2_model: Path,
-    podman_client: Any,
 ) -> None:
+    """The CLI through CONTAINER_HOST (set by tier_manager) on both Podman tiers; `--gpu none`
+    so that it holds on a GPU host too (GPU planning has tests of its own)."""
     import podlab.cli as cli
 
     with_serve = tuple(dict.fromkeys((*cli.COMMAND_MODULES, "serve")))
@@ -411,9 +483,8 @@ def test_services_cli_round_trip(
     served: dict[str, Any] = {}
     try:
         port = str(harness.free_port())  # not 35000: other sessions may serve there now
-        code = cli.main(
-            ["serve", str(smollm2_model), "--image", model_server_image, "--port", port, "--json"]
-        )
+        args = ["serve", str(serving_tier.model), "--image", serving_tier.image, "--port", port]
+        code = cli.main([*args, "--gpu", "none", "--json"])
         captured = capsys.readouterr()
         assert code == 0, captured.err
         served = json.loads(captured.out)
@@ -436,4 +507,4 @@ def test_services_cli_round_trip(
         assert "no Podlab service" in capsys.readouterr().err
     finally:
         if served:
-            remove_services(podman_client, {served["id"]})
+            remove_services(serving_tier.client, {served["id"]})
