@@ -732,15 +732,21 @@ def test_cli_ctrl_c_keeps_the_partial_and_says_it_resumes(server: FaultServer, t
 
 def test_bench_runs_small(tmp_path: Path) -> None:
     assert shutil.which("curl") is not None, "curl is missing: scripts/setup.sh installs it"
+    results = tmp_path / "download.json"
+    bench = [sys.executable, str(REPO / "bench" / "download.py"), "--size-mib", "8"]
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "download.py"), "--size-mib", "8"],
+        [*bench, "--json", str(results)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
     )
-    assert done.returncode == 0, done.stderr
-    assert "ratio" in done.stdout and "peak memory" in done.stdout
+    assert "ratio" in done.stdout and "peak memory" in done.stdout, done.stderr
+    # A small file on a busy machine may well miss the targets: the bench says so with status 1.
+    record = json.loads(results.read_text())
+    assert done.returncode == (0 if record["passed"] else 1), done.stderr
+    assert record["figures"]["size_bytes"] == 8 * 1024 * 1024
+    assert record["figures"]["podlab_peak_rss_bytes"] > 0
 
 
 def test_server_sha256_ignores_weak_and_short_etags() -> None:
