@@ -9,9 +9,9 @@ Checked: every token is shown (each pane's text equals what the server sent, and
 document holds it), and the longest event-loop stall stays small (a 5 ms QTimer heartbeat,
 wall clock and GUI-thread CPU time).
 
-    python bench/compare_render.py [--tokens 1500] [--tps 300] [--panes 4]
+    python bench/compare_render.py [--tokens 1500] [--tps 300] [--panes 4] [--json PATH]
 
-Target: longest stall <= 30 ms with 4 x 300 tokens/s.
+Target: longest stall <= 30 ms with 4 x 300 tokens/s. The figures also go to a JSON file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results_file import add_json_option, write_results
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,7 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-async def run(url: str, tokens: int, tps: int, panes: int) -> int:
+async def run(url: str, tokens: int, tps: int, panes: int, json_path: Path | None) -> int:
     from PySide6.QtWidgets import QLayout, QVBoxLayout, QWidget
 
     from podlab.core.lab import Lab
@@ -98,6 +100,7 @@ async def run(url: str, tokens: int, tps: int, panes: int) -> int:
 
     sent = " tok" * tokens
     exact = True
+    pane_figures = []
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     for pane in page.panes:
         answer = pane.answer
@@ -107,6 +110,14 @@ async def run(url: str, tokens: int, tps: int, panes: int) -> int:
         shown_ok = shown == sent.strip()
         exact = exact and source_ok and shown_ok
         stats = answer.view.renderer.stats
+        pane_figures.append(
+            {
+                "text_exact": source_ok,
+                "rendered_exact": shown_ok,
+                "renders": stats.renders,
+                "max_render_ms": stats.max_render_ms,
+            }
+        )
         print(
             f"pane {pane.number}: {answer.text().count('tok')} of {tokens} tokens received,"
             f" text equal to what was sent: {source_ok}, rendered text equal: {shown_ok},"
@@ -124,6 +135,15 @@ async def run(url: str, tokens: int, tps: int, panes: int) -> int:
     )
     ok = exact and stall <= STALL_TARGET_MS
     print("PASS" if ok else "FAIL")
+    figures = {
+        "panes": pane_figures,
+        "tokens_per_pane": tokens,
+        "tokens_per_s_per_pane": tps,
+        "seconds": seconds,
+        "max_stall_ms": stall,
+        "max_stall_cpu_ms": stall_cpu,
+    }
+    write_results("compare_render", json_path, figures, ok)
     page.shutdown()
     host.close()
     return 0 if ok else 1
@@ -134,6 +154,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1500)
     parser.add_argument("--tps", type=int, default=300)
     parser.add_argument("--panes", type=int, default=4)
+    add_json_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="podlab-bench-") as home:
         for name in ("CONFIG", "DATA", "CACHE", "STATE"):  # never the user's own history
@@ -148,7 +169,9 @@ def main() -> int:
             loop = qasync.QEventLoop(app)
             asyncio.set_event_loop(loop)
             with loop:
-                return loop.run_until_complete(run(url, args.tokens, args.tps, args.panes))
+                return loop.run_until_complete(
+                    run(url, args.tokens, args.tps, args.panes, args.json)
+                )
         finally:
             proc.terminate()
             proc.wait(10)

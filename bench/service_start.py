@@ -1,18 +1,22 @@
-"""Service start: Podlab's `serve` against `podman run` + a curl loop, to the first streamed token.
+"""Service start: Podlab's `serve` against a hand-scripted start, to the first streamed token.
 
 Both sides run the same image (Podlab's llama-cpp-python server), the same model (SmolLM2 135M
-Q4_1), the same container flags and the same request, alternating, in one run:
+Q4_1), the same container and the same request, in one run, alternating which goes first:
 
 * Podlab: `ServiceManager.serve()` (Podman engine; model resolution, GPU plan, port choice,
-  create + start through podman-py, readiness polling), then a streamed chat completion with
-  httpx until the first content token.
-* Baseline: a shell script a user would write: `podman run -d ...` (the same flags, printed by
-  `ContainerSpec.podman_run_args()`), `until curl -sf .../v1/models; do sleep 0.05; done`, then
-  `curl -N` streaming the same request until the first content token.
+  create + start through podman-py, readiness polling), then a streamed chat completion until
+  the first content token.
+* Baseline: what a user would script with the same warm clients, so that only Podlab's own
+  work is compared (no process start-up of `podman` or `curl` on the baseline's side): the
+  container Podlab would create (`ContainerSpec.to_podman_kwargs()`, computed before the clock
+  starts) created and started with an already connected podman-py client, `GET /v1/models`
+  polled every 50 ms, then the same request streamed.
 
-Prints each round, the medians and the ratio Podlab / baseline (target <= 1.1).
+Both sides stream through one httpx client that is already warm. Prints each round, the
+medians and the ratio Podlab / baseline (target <= 1.1); exits 1 when the median misses it and
+writes the figures to a JSON file.
 
-    python bench/service_start.py [--rounds 3]
+    python bench/service_start.py [--rounds 3] [--json PATH]
 
 It uses CONTAINER_HOST when set, else starts a Podman service of its own (with the tests'
 containers.conf, which these sandboxed machines need); it builds the image when missing.
@@ -32,7 +36,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from results_file import add_json_option, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
+TARGET = 1.1
+POLL_INTERVAL = 0.05
 PROMPT = {
     "messages": [
         {"role": "system", "content": "You are a helpful assistant."},
@@ -44,23 +54,10 @@ PROMPT = {
     "stream": True,
 }
 
-BASELINE_SCRIPT = r"""
-set -eu
-podman run "$@" >/dev/null
-until curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null; do sleep 0.05; done
-curl -sN "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' \
-  -d "$BODY" | { grep -m1 -qE '"content": ?"[^"]'; date +%s%N > "$STAMP"; }
-"""
 
-
-async def first_token(api_url: str, model: str) -> str:
-    import httpx
-
+async def first_token(http: httpx.AsyncClient, api_url: str, model: str) -> str:
     body = {**PROMPT, "model": model}
-    async with (
-        httpx.AsyncClient(timeout=60, verify=False) as client,  # plain HTTP: no SSL context
-        client.stream("POST", f"{api_url}/chat/completions", json=body) as response,
-    ):
+    async with http.stream("POST", f"{api_url}/chat/completions", json=body) as response:
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -70,7 +67,7 @@ async def first_token(api_url: str, model: str) -> str:
     raise RuntimeError("the stream ended without a token")
 
 
-async def podlab_round(manager: Any, model: Path, image: str) -> float:
+async def podlab_round(manager: Any, http: httpx.AsyncClient, model: Path, image: str) -> float:
     from podlab.core.serving.container_spec import ServiceOptions
     from podlab.core.serving.planning import ServeRequest
 
@@ -78,14 +75,16 @@ async def podlab_round(manager: Any, model: Path, image: str) -> float:
     service = await manager.serve(
         ServeRequest(model, engine="podman", options=ServiceOptions(image=image))
     )
-    await first_token(service.api_url, service.model_ref)
+    await first_token(http, service.api_url, service.model_ref)
     elapsed = time.perf_counter() - start
     await manager.delete(service)
     return elapsed
 
 
-async def baseline_round(manager: Any, model: Path, image: str, env: dict[str, str]) -> float:
-    """The same container flags as Podlab's, run by `podman run` from a shell script."""
+async def baseline_round(
+    manager: Any, podman: Any, http: httpx.AsyncClient, model: Path, image: str
+) -> float:
+    """The same container as Podlab's, started by hand with the same warm clients."""
     from tests import harness
 
     from podlab.core.serving.container_spec import ServiceOptions
@@ -98,21 +97,23 @@ async def baseline_round(manager: Any, model: Path, image: str, env: dict[str, s
     spec = prepared.spec
     spec.name = f"podlab-bench-baseline-{port}"
     spec.labels = {"podlab.bench": "baseline"}  # not a Podlab service: Podlab never lists it
-    with tempfile.TemporaryDirectory() as tmp:
-        stamp = Path(tmp) / "stamp"
-        script_env = {
-            **env,
-            "PORT": str(port),
-            "BODY": json.dumps({**PROMPT, "model": prepared.model.ref}),
-            "STAMP": str(stamp),
-        }
-        start_ns = time.time_ns()
-        await run_checked(
-            ["bash", "-c", BASELINE_SCRIPT, "bench", *spec.podman_run_args()], script_env
-        )
-        elapsed = (int(stamp.read_text()) - start_ns) / 1e9
-    await run_checked(["podman", "rm", "-f", spec.name], env)
-    return elapsed
+    kwargs = spec.to_podman_kwargs()
+    api_url = f"http://127.0.0.1:{port}/v1"
+    start = time.perf_counter()
+    container = await asyncio.to_thread(podman.containers.create, **kwargs)
+    try:
+        await asyncio.to_thread(container.start)
+        while True:
+            try:
+                if (await http.get(f"{api_url}/models")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(POLL_INTERVAL)
+        await first_token(http, api_url, prepared.model.ref)
+        return time.perf_counter() - start
+    finally:
+        await asyncio.to_thread(container.remove, force=True)
 
 
 async def run_checked(argv: list[str], env: dict[str, str]) -> None:
@@ -143,7 +144,8 @@ async def ensure_image(url: str) -> str:
     return PODLAB_SERVER_IMAGE
 
 
-async def run(rounds: int, url: str, env: dict[str, str]) -> None:
+async def run(rounds: int, url: str) -> dict[str, Any]:
+    import podman
     from tests import harness
 
     from podlab.core.serving.engine import Engine
@@ -153,28 +155,39 @@ async def run(rounds: int, url: str, env: dict[str, str]) -> None:
     model = harness.smollm2_path()
     image = await ensure_image(url)
     manager = ServiceManager(Engine(url=url), settings=Settings())
-    # One untimed round each: page cache, image layers, Python imports.
-    await podlab_round(manager, model, image)
-    await baseline_round(manager, model, image, env)
     podlab: list[float] = []
     baseline: list[float] = []
-    for number in range(1, rounds + 1):
-        podlab.append(await podlab_round(manager, model, image))
-        baseline.append(await baseline_round(manager, model, image, env))
-        print(f"round {number}: podlab {podlab[-1]:.3f} s   podman run + curl {baseline[-1]:.3f} s")
+    with podman.PodmanClient(base_url=url) as client:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60, connect=1), trust_env=False) as http:
+            # One untimed round each: page cache, image layers, imports, warm connections.
+            await podlab_round(manager, http, model, image)
+            await baseline_round(manager, client, http, model, image)
+            for number in range(1, rounds + 1):
+                sides = ["podlab", "baseline"] if number % 2 else ["baseline", "podlab"]
+                for side in sides:
+                    if side == "podlab":
+                        podlab.append(await podlab_round(manager, http, model, image))
+                    else:
+                        baseline.append(await baseline_round(manager, client, http, model, image))
+                print(
+                    f"round {number} ({sides[0]} first): podlab {podlab[-1]:.3f} s"
+                    f"   by hand, same warm clients {baseline[-1]:.3f} s"
+                )
     p, b = statistics.median(podlab), statistics.median(baseline)
     print(f"serve -> first token, {rounds} rounds (median / best):")
-    print(f"  podlab ServiceManager.serve : {p:.3f} s / {min(podlab):.3f} s")
-    print(f"  podman run + curl loop      : {b:.3f} s / {min(baseline):.3f} s")
+    print(f"  podlab ServiceManager.serve  : {p:.3f} s / {min(podlab):.3f} s")
+    print(f"  by hand (podman-py + polling): {b:.3f} s / {min(baseline):.3f} s")
     print(
-        f"  ratio podlab / baseline     : {p / b:.2f} / {min(podlab) / min(baseline):.2f}"
-        " (target <= 1.1)"
+        f"  ratio podlab / baseline      : {p / b:.2f} / {min(podlab) / min(baseline):.2f}"
+        f" (target <= {TARGET}, on the medians)"
     )
+    return {"podlab_s": podlab, "baseline_s": baseline, "median_ratio": p / b, "target": TARGET}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    add_json_option(parser)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests import harness
@@ -182,14 +195,15 @@ def main() -> int:
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="podlab-bench-") as tmp:
         if env.get("CONTAINER_HOST"):
-            asyncio.run(run(args.rounds, env["CONTAINER_HOST"], env))
-            return 0
-        with harness.podman_service(Path(tmp)) as service:
-            env = service.env()
-            os.environ["CONTAINERS_CONF"] = env["CONTAINERS_CONF"]
-            harness.ensure_base_image(service.containers_conf)
-            asyncio.run(run(args.rounds, service.url, env))
-    return 0
+            figures = asyncio.run(run(args.rounds, env["CONTAINER_HOST"]))
+        else:
+            with harness.podman_service(Path(tmp)) as service:
+                os.environ["CONTAINERS_CONF"] = str(service.containers_conf)
+                harness.ensure_base_image(service.containers_conf)
+                figures = asyncio.run(run(args.rounds, service.url))
+    passed = figures["median_ratio"] <= TARGET
+    write_results("service_start", args.json, {"rounds": args.rounds, **figures}, passed)
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Both read the same stream in the same run, alternating which goes first each round:
 
-    raw     httpx.AsyncClient.stream + aiter_lines + json.loads, counting content chunks
+    raw     the leanest reader there is: httpx's raw bytes (no decoding, no line iterator, no
+            JSON), lines split by hand, a chunk counted when its `"content":` starts a non-empty
+            string; it must count exactly the tokens Podlab counts, or the run stops
     podlab  core.chat.client.ChatClient.stream_chat, counting Token events (SSE parser, events,
             metrics, error handling and all)
 
@@ -18,15 +20,16 @@ as possible (one event per HTTP chunk, as real servers write, and 64 per chunk, 
 parsing; the server sends stored bytes, so the client is the bottleneck) and at a fixed rate.
 `--endpoint URL` measures a real server instead.
 
-    python bench/stream_overhead.py [--rounds 21] [--tokens 20000] [--rate 200]
+    python bench/stream_overhead.py [--rounds 21] [--tokens 20000] [--rate 200] [--json PATH]
     python bench/stream_overhead.py --endpoint http://127.0.0.1:8080 [--model M] [--max-tokens 256]
+
+Exits 1 below the target; the figures also go to a JSON file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import statistics
@@ -41,6 +44,7 @@ from typing import Any
 import httpx
 
 from podlab.core.chat.client import ChatClient, GenerationParams, Token
+from results_file import add_json_option, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.97
@@ -55,20 +59,33 @@ class Case:
     client_bound: bool = True  # the client's CPU is what limits the rate
 
 
+CONTENT_KEY = b'"content":'
+
+
+def starts_content(line: bytes) -> bool:
+    """Whether an SSE data line carries a non-empty `content` string, found without JSON."""
+    at = line.find(CONTENT_KEY)
+    if at < 0:
+        return False
+    value = line[at + len(CONTENT_KEY) :].lstrip(b" ")
+    return value[:1] == b'"' and value[1:2] != b'"'
+
+
 async def read_raw(http: httpx.AsyncClient, body: dict[str, Any]) -> int:
     tokens = 0
+    pending = b""
     async with http.stream("POST", "chat/completions", json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
-            choices = chunk.get("choices")
-            if choices and choices[0].get("delta", {}).get("content"):
-                tokens += 1
+        async for chunk in response.aiter_raw():
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                if line.startswith(b"data: [DONE]"):
+                    return tokens
+                if starts_content(line):
+                    tokens += 1
     return tokens
 
 
@@ -94,7 +111,7 @@ class Figures:
         return statistics.median(self.cpu)
 
 
-async def timed(reader: Callable[[], Awaitable[int]], figures: Figures) -> None:
+async def timed(reader: Callable[[], Awaitable[int]], figures: Figures) -> int:
     cpu_started = time.process_time()
     started = time.perf_counter()
     tokens = await reader()
@@ -104,6 +121,7 @@ async def timed(reader: Callable[[], Awaitable[int]], figures: Figures) -> None:
         raise SystemExit("the stream carried no tokens: is the model/endpoint right?")
     figures.rates.append(tokens / elapsed)
     figures.cpu.append(cpu / tokens * 1e6)
+    return tokens
 
 
 async def run_case(base_url: str, case: Case, rounds: int) -> tuple[Figures, Figures]:
@@ -123,11 +141,14 @@ async def run_case(base_url: str, case: Case, rounds: int) -> tuple[Figures, Fig
         await read_podlab(client, case)
         for index in range(rounds):
             order = ["raw", "podlab"] if index % 2 == 0 else ["podlab", "raw"]
+            counted = {}
             for name in order:
                 if name == "raw":
-                    await timed(lambda: read_raw(http, body), raw)
+                    counted[name] = await timed(lambda: read_raw(http, body), raw)
                 else:
-                    await timed(lambda: read_podlab(client, case), podlab)
+                    counted[name] = await timed(lambda: read_podlab(client, case), podlab)
+            if counted["raw"] != counted["podlab"]:
+                raise SystemExit(f"the readers disagree on the token count: {counted}")
     return raw, podlab
 
 
@@ -160,6 +181,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=20000, help="tokens of the fast streams")
     parser.add_argument("--rate", type=float, default=200.0, help="tokens/s of the fixed stream")
     parser.add_argument("--rate-tokens", type=int, default=400, help="tokens of the fixed stream")
+    add_json_option(parser)
     args = parser.parse_args()
 
     server = None
@@ -193,7 +215,7 @@ def main() -> int:
             ),
         ]
         source = f"fault server {url} (tests/faultserver.py, own process)"
-    print("stream overhead: Podlab ChatClient vs raw httpx (aiter_lines + json.loads)")
+    print("stream overhead: Podlab ChatClient vs the leanest reader (raw bytes, no JSON)")
     print(f"{source}; {args.rounds} alternating rounds")
     print(
         f"python {sys.version.split()[0]}, httpx {httpx.__version__}, {os.cpu_count()} CPUs,"
@@ -207,12 +229,25 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     worst = worst_cpu = float("inf")
+    results = []
     try:
         for case in cases:
             raw, podlab = asyncio.run(run_case(base_url, case, args.rounds))
             ratio = statistics.median(p / r for p, r in zip(podlab.rates, raw.rates, strict=True))
             cpu_ratio = raw.cpu_per_token / podlab.cpu_per_token
             worst = min(worst, ratio)
+            results.append(
+                {
+                    "case": case.title,
+                    "client_bound": case.client_bound,
+                    "raw_tokens_per_s": raw.rates,
+                    "podlab_tokens_per_s": podlab.rates,
+                    "raw_cpu_us_per_token": raw.cpu,
+                    "podlab_cpu_us_per_token": podlab.cpu,
+                    "median_ratio": ratio,
+                    "cpu_ratio": cpu_ratio,
+                }
+            )
             if case.client_bound:
                 worst_cpu = min(worst_cpu, cpu_ratio)
             print(
@@ -231,6 +266,8 @@ def main() -> int:
     if math.isfinite(worst_cpu):
         cpu_note = f" (lowest client-bound CPU ratio {worst_cpu:.3f})"
     print(f"lowest tokens/s ratio {worst:.3f}{cpu_note}: {verdict} the target of {TARGET}")
+    figures = {"source": source, "rounds": args.rounds, "target": TARGET, "cases": results}
+    write_results("stream_overhead", args.json, figures, worst >= TARGET)
     return 0 if worst >= TARGET else 1
 
 

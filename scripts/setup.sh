@@ -103,4 +103,7 @@ if [ "$profile" = test ]; then
     .venv/bin/python -m pip wheel -q --find-links "$llama_wheels" -c constraints.txt \
       "llama-cpp-python[server]==$version" -w .venv/wheelhouse
   fi
+  # llama.cpp's own llama-server (what the RamaLama images run), for the tests that serve
+  # through it: compiled once per version and flags into ~/.cache/podlab/llama-server/.
+  scripts/build-llama-server.sh >/dev/null
 fi

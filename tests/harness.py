@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -540,3 +541,57 @@ def gated_python(directory: Path, gate: Path) -> Path:
     )
     script.chmod(0o755)
     return script
+
+
+# llama.cpp's own llama-server, in a local image with the RamaLama images' entrypoint contract.
+LLAMA_SERVER_IMAGE_REPO = "localhost/podlab-test/llama-server"
+LLAMA_SERVER_CONTEXT = ROOT / "tests" / "data" / "llama-server-image"
+# The environment before any test isolated the XDG folders: the build cache is the machine's.
+MACHINE_ENV = dict(os.environ)
+# glibc's own libraries: the base image has the same Debian 12 glibc, never copied in.
+GLIBC_LIBS = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libpthread", "libdl.so", "librt")
+
+
+def llama_server_build() -> Path:
+    """The cached build of llama-server (bin/, lib/); scripts/setup.sh test makes it, and only
+    when it is missing is it compiled here (about 5 minutes on 2 cores)."""
+    script = ROOT / "scripts" / "build-llama-server.sh"
+    done = subprocess.run(
+        [str(script)], env=MACHINE_ENV, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise HarnessError(f"{script} failed:\n{done.stderr[-3000:]}")
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    if not (folder / "bin" / "llama-server").is_file():
+        raise HarnessError(f"{script} left no bin/llama-server in {folder}")
+    return folder
+
+
+def system_libraries(binary: Path, own_libs: Path) -> dict[str, Path]:
+    """The shared libraries a binary needs beyond glibc and its own folder (libgomp, libstdc++),
+    as ldd resolves them on this machine: soname -> the real file."""
+    done = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise HarnessError(f"ldd {binary} failed: {done.stderr}")
+    found: dict[str, Path] = {}
+    for line in done.stdout.splitlines():
+        name, _, rest = line.strip().partition(" => ")
+        if not rest or name.startswith(GLIBC_LIBS):
+            continue
+        if rest.startswith("not found"):
+            raise HarnessError(f"{binary} needs {name}, which is not installed here")
+        path = Path(rest.split(" (")[0])
+        if path.resolve().parent != own_libs.resolve():
+            found[name] = path.resolve()
+    return found
+
+
+def llama_server_image_files(build: Path) -> tuple[str, dict[str, Path | bytes]]:
+    """The image tag (version and build flags, from the build folder's name) and the files the
+    test image's Containerfile copies in."""
+    files: dict[str, Path | bytes] = {"llama-server": build}
+    for name, path in system_libraries(build / "bin" / "llama-server", build / "lib").items():
+        files[f"system-libs/{name}"] = path
+    if not any(name.startswith("system-libs/") for name in files):
+        files["system-libs/.keep"] = b""  # COPY needs the folder even when empty
+    return f"{LLAMA_SERVER_IMAGE_REPO}:{build.name}", files

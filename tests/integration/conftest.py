@@ -84,6 +84,32 @@ def model_server_image(
     return PODLAB_SERVER_IMAGE
 
 
+@pytest.fixture(scope="session")
+def llama_server_image(podman_service: harness.PodmanService, base_image: str) -> str:
+    """llama.cpp's own llama-server in a local image with the RamaLama images' entrypoint
+    contract, built through Engine.build from the cached binary; reused when present."""
+    tag, files = harness.llama_server_image_files(harness.llama_server_build())
+
+    async def ensure() -> str:
+        engine = Engine(url=podman_service.url)
+        await engine.connect()
+        try:
+            if await engine.image_exists(tag):
+                return "reused"
+            lines = engine.build(
+                harness.LLAMA_SERVER_CONTEXT, tag, pull="never", extra_files=files, host_ca=False
+            )
+            count = sum([1 async for _ in lines])
+            return f"built ({count} lines)"
+        finally:
+            await engine.aclose()
+
+    started = time.monotonic()
+    how = asyncio.run(ensure())
+    print(f"llama-server image {tag} {how} in {time.monotonic() - started:.1f} s")
+    return tag
+
+
 def remove_services(client: Any, service_ids: set[str]) -> None:
     """Remove the containers of these Podlab services only."""
     for service_id in service_ids:
