@@ -16,7 +16,7 @@ from podlab import __version__
 from podlab.core.errors import PodlabError
 
 # Modules under podlab.cli that add subcommands; each has register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("catalog", "models", "serve", "chat")
+COMMAND_MODULES: tuple[str, ...] = ("catalog", "models", "serve", "chat", "recipe")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
