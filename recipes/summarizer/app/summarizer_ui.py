@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import streamlit as st
@@ -37,13 +38,13 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {MODEL_ENDPOINT_BEARER}"} if MODEL_ENDPOINT_BEARER else {}
 
 
-def post(path: str, body: dict[str, object]) -> dict[str, object]:
+def post(path: str, body: dict[str, object]) -> dict[str, Any]:
     response = httpx.post(
         f"{MODEL_ENDPOINT}{path}", json=body, headers=auth_headers(), timeout=TIMEOUT
     )
     if response.status_code != 200:
         raise ModelError(f"{path} answered HTTP {response.status_code}: {response.text[:300]}")
-    answer: dict[str, object] = response.json()
+    answer: dict[str, Any] = response.json()
     return answer
 
 
@@ -57,7 +58,7 @@ class Tokenizer:
     detokenized_field: str
 
     def tokens(self, text: str) -> list[int]:
-        return list(post(self.tokenize_path, {self.text_field: text})["tokens"])  # type: ignore[call-overload]
+        return list(post(self.tokenize_path, {self.text_field: text})["tokens"])
 
     def text(self, tokens: list[int]) -> str:
         return str(post(self.detokenize_path, {"tokens": tokens})[self.detokenized_field])
@@ -126,7 +127,7 @@ def complete(prompt: str) -> str:
         body["model"] = MODEL_NAME
     answer = post("/v1/chat/completions", body)
     choices = answer.get("choices") or []
-    return str(choices[0]["message"]["content"] or "").strip()  # type: ignore[index]
+    return str(choices[0]["message"]["content"] or "").strip()
 
 
 def summarize(chunks: list[str], on_chunk: Callable[[int, str], None]) -> str:
