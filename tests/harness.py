@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,7 +433,9 @@ class LlamaServer:
 
 
 @contextlib.contextmanager
-def llama_server(model: Path, log_dir: Path, n_ctx: int = 2048) -> Iterator[LlamaServer]:
+def llama_server(
+    model: Path, log_dir: Path, n_ctx: int = 2048, extra_args: Sequence[str] = ()
+) -> Iterator[LlamaServer]:
     if importlib.util.find_spec("llama_cpp") is None:
         raise HarnessError(
             "llama-cpp-python is not installed: pip install 'llama-cpp-python[server]'"
@@ -456,6 +458,7 @@ def llama_server(model: Path, log_dir: Path, n_ctx: int = 2048) -> Iterator[Llam
             str(n_ctx),
             "--n_threads",
             "2",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -27,6 +27,9 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
     assert "podlab/resources/catalog.yaml" in names
     assert "podlab/resources/icons/podlab.svg" in names
     assert "podlab/recipes/model_servers/llamacpp_python/Containerfile" in names
+    for recipe in ("chatbot", "rag", "summarizer"):
+        # The app's Streamlit settings (XSRF protection on) travel with it, hidden folder and all.
+        assert f"podlab/recipes/{recipe}/app/.streamlit/config.toml" in names
     assert not any(name.startswith(("tests/", "app/")) for name in names)
     # Package discovery: every package of the source tree is in the wheel, new ones included.
     source = REPO / "app"
@@ -41,11 +44,14 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
         "import json, podlab\n"
         "from podlab.core.models.catalog import load_catalog\n"
         "from podlab.core.resources import recipe_file\n"
+        "from podlab.core.recipes.catalog import load_recipe_catalog\n"
         "load = load_catalog(include_user_dir=False)\n"
         "cf = recipe_file('model_servers/llamacpp_python/Containerfile')\n"
+        "recipes = load_recipe_catalog()\n"
         "print(json.dumps({'file': podlab.__file__, 'models': len(load.catalog.models),\n"
         "  'errors': len(load.errors),\n"
-        "  'containerfile': cf.is_file()}))\n"
+        "  'containerfile': cf.is_file(), 'recipes': [r.id for r in recipes],\n"
+        "  'recipe_errors': [e.message for e in recipes.errors]}))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(unpacked))
     result = subprocess.run(
@@ -56,3 +62,5 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
     assert facts["file"].startswith(str(unpacked))
     assert facts["models"] >= 25 and facts["errors"] == 0
     assert facts["containerfile"] is True
+    assert facts["recipes"] == ["chatbot", "rag", "summarizer"]
+    assert facts["recipe_errors"] == []
