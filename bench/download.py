@@ -149,9 +149,6 @@ def main() -> int:
     )
     add_json_option(parser)
     parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="also write the best figures to FILE as JSON"
-    )
-    parser.add_argument(
         "--child", nargs=3, metavar=("URL", "DEST", "SHA256"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,11 +36,13 @@ NVIDIA_SMI_ROW = (
 
 
 @pytest.fixture
-def window(qtbot, qloop) -> MainWindow:  # type: ignore[no-untyped-def]
-    win = MainWindow(Lab.open())
+def window(qtbot, qloop) -> Iterator[MainWindow]:  # type: ignore[no-untyped-def]
+    lab = Lab.open()
+    win = MainWindow(lab)
     qtbot.addWidget(win)
     win.resize(1280, 800)
-    return win
+    yield win
+    lab.close()  # as the app does at exit: an SSH tunnel must not outlive it
 
 
 def open_dashboard(window: MainWindow, qtbot, probe: HostProbe | None = None) -> DashboardPage:  # type: ignore[no-untyped-def]

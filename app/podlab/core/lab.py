@@ -76,3 +76,6 @@ class Lab:
         store = self.__dict__.pop("conversations", None)
         if store is not None:
             store.close()
+        engine = self.__dict__.pop("engine", None)
+        if engine is not None:
+            engine.close()

@@ -51,7 +51,9 @@ class ServiceBridge(QObject):
     def __init__(self, lab: Lab, manager: ServiceManager | None = None) -> None:
         super().__init__()
         self.lab = lab
-        self.manager = manager or ServiceManager(settings=lab.settings, locations=lab.locations)
+        self.manager = manager or ServiceManager(
+            lab.engine, settings=lab.settings, locations=lab.locations
+        )
         self._unsubscribe: Callable[[], None] | None = self.manager.subscribe(self._on_event)
         self._claimed: set[str] = set()
         self._refresh_lock = asyncio.Lock()

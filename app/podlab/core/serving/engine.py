@@ -506,6 +506,17 @@ class Engine:
     async def aclose(self) -> None:
         await self._close_connection()
 
+    def close(self) -> None:
+        """As `aclose`, for a process that is ending outside the event loop (an SSH tunnel
+        must not outlive Podlab)."""
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            transport.close()
+
     async def image_exists(self, ref: str) -> bool:
         client = self.client()
         return bool(await self.call(client.images.exists, ref))

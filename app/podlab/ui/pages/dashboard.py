@@ -304,7 +304,6 @@ class DashboardPage(QWidget):
         """How GPUs are detected; tests point it at a fake /sys, /dev and /etc/cdi tree."""
         self.cdi_spec_path: Path | None = None
         """Where "Write CDI spec" writes; None: PODLAB_CDI_SPEC_PATH under the probe's root."""
-        self._engine: Engine | None = None
         self._local_engine = LocalEngine(lab.locations)
         self._local_state: tuple[bool, str] = (False, "")
         self.selftest: SelfTestResult | None = None
@@ -451,10 +450,8 @@ class DashboardPage(QWidget):
     # ------------------------------------------------------------------ engine card
 
     def engine(self) -> Engine:
-        """The Podman connection this page reports on (fresh discovery on every refresh)."""
-        if self._engine is None:
-            self._engine = Engine(self._lab.settings, locations=self._lab.locations)
-        return self._engine
+        """The app's one Podman connection (`connect()` discovers it afresh on every refresh)."""
+        return self._lab.engine
 
     async def _load_engine(self) -> None:
         status = await self.engine().connect()
