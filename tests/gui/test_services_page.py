@@ -22,7 +22,7 @@ from podlab.core.serving.engine import Engine
 from podlab.core.serving.inference import InferenceService, ServiceState
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.planning import ServeRequest
-from podlab.core.serving.services import ServiceEvent, ServiceManager
+from podlab.core.serving.services import ServiceEvent, ServiceManager, auth_headers
 from podlab.core.tasks import TaskState
 from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.main_window import MainWindow
@@ -157,9 +157,13 @@ def test_a_local_service_starts_from_the_dialog_answers_stops_and_is_deleted(
     assert service.options.ctx_size == 2048 and service.options.threads == 2
 
     # The endpoint answers, with a real completion.
-    assert httpx.get(f"{service.api_url}/models", timeout=10).status_code == 200
+    key = auth_headers(service.api_key)
+    assert key  # Podlab made one
+    assert httpx.get(f"{service.api_url}/models", timeout=10).status_code == 401
+    assert httpx.get(f"{service.api_url}/models", headers=key, timeout=10).status_code == 200
     answer = httpx.post(
         f"{service.api_url}/chat/completions",
+        headers=key,
         json={
             "model": service.model_ref,
             "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -172,12 +176,13 @@ def test_a_local_service_starts_from_the_dialog_answers_stops_and_is_deleted(
 
     # Details: overview, snippets with the endpoint, the live log.
     assert service.api_url in page.details.overview.text()
-    for key, pane in page.details.snippet_panes.items():
-        assert service.api_url in pane.code.toPlainText(), key
+    for name, pane in page.details.snippet_panes.items():
+        assert service.api_url in pane.code.toPlainText(), name
+        assert str(service.api_key) in pane.code.toPlainText(), name
     with qtbot.waitSignal(page.details.sig_snippet_copied, timeout=5000):
         page.details.snippet_panes["curl"].copy_button.click()
     assert service.api_url in QGuiApplication.clipboard().text()
-    qtbot.waitUntil(lambda: "llama_cpp.server" in page.log_text(), timeout=20000)
+    qtbot.waitUntil(lambda: "podlab_guarded_server.py" in page.log_text(), timeout=20000)
     assert page.details.playground_button.isEnabled()
 
     # Stop: the state says so and the endpoint is gone.
@@ -293,7 +298,8 @@ def test_a_podman_service_from_the_dialog_runs_in_a_labelled_loopback_container(
     assert cell(page, service.id, COL_ENGINE) == "Podman"
     assert cell(page, service.id, COL_STATE) == "ready"
     assert cell(page, service.id, COL_DEVICE) == "CPU"
-    assert httpx.get(f"{service.api_url}/models", timeout=10).status_code == 200
+    models = httpx.get(f"{service.api_url}/models", headers=auth_headers(service.api_key))
+    assert models.status_code == 200
     container = podman_client.containers.get(service.container_id)
     assert container.labels["podlab.managed"] == "true"
     bindings = container.attrs["HostConfig"]["PortBindings"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from podlab.cli.chat import service_key
 from podlab.core.errors import PodlabError
 from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import ServiceOptions
@@ -20,7 +21,7 @@ from podlab.core.serving.engine import Engine
 from podlab.core.serving.inference import ServiceState
 from podlab.core.serving.local_server import PYTHON_ENV, LocalEngine
 from podlab.core.serving.planning import ServeRequest
-from podlab.core.serving.services import ServiceManager
+from podlab.core.serving.services import ServiceManager, auth_headers
 from podlab.core.settings import Settings
 from tests import harness
 from tests.integration.conftest import kill_local_servers
@@ -63,7 +64,7 @@ async def test_local_serve_chat_stop_and_rediscovery(
     assert service.engine == "local" and service.host == "127.0.0.1"
     assert await service_manager.read_device(service) == "CPU"
     assert service.pid is not None and pid_alive(service.pid)
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, headers=auth_headers(service.api_key)) as client:
         response = await client.post(
             f"{service.api_url}/chat/completions", json={**CHAT, "model": service.model_ref}
         )
@@ -114,7 +115,7 @@ async def test_a_second_request_waits_instead_of_cutting_the_first_answer(
     params = GenerationParams(temperature=0.0, seed=1, max_tokens=48)
 
     async def answer(question: str) -> Done:
-        async with ChatClient(service.endpoint) as client:
+        async with ChatClient(service.endpoint, service.api_key) as client:
             messages = [{"role": "user", "content": question}]
             async for event in client.stream_chat(messages, service.model_ref, params):
                 if isinstance(event, Done):
@@ -238,7 +239,7 @@ def test_local_serve_from_the_cli_outlives_the_cli(
         assert served["state"] == "ready" and served["port"] == int(port)
         response = httpx.post(
             f"{served['api_url']}/chat/completions", json={**CHAT, "model": served["model"]},
-            timeout=60,
+            headers=auth_headers(service_key(served["api_url"])), timeout=60,
         )  # fmt: skip
         assert "Paris" in response.json()["choices"][0]["message"]["content"]
         stopped = subprocess.run(
@@ -280,7 +281,7 @@ async def test_a_busy_or_briefly_stuck_ready_service_stays_ready(smollm2_model: 
         manager.subscribe(lambda event: events.append((event.state, event.detail)))
         url = f"{service.api_url}/completions"
 
-        async with httpx.AsyncClient(timeout=120) as client:
+        async with httpx.AsyncClient(timeout=120, headers=auth_headers(service.api_key)) as client:
             # A plain (not streamed) answer of several seconds: refreshes meanwhile.
             answer = asyncio.ensure_future(
                 client.post(url, json={**long_answer, "max_tokens": 400})

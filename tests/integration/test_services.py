@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from podlab.cli.chat import service_key
 from podlab.core.chat.client import ChatClient, Done, GenerationParams, Token
 from podlab.core.errors import PodlabError
 from podlab.core.serving.container_spec import LABEL_MANAGED, LABEL_SERVICE_ID, ServiceOptions
@@ -29,7 +30,7 @@ from podlab.core.serving.gpu.host import GpuInfo, HostProbe
 from podlab.core.serving.gpu.passthrough import plan_passthrough
 from podlab.core.serving.inference import InferenceService, ServiceState
 from podlab.core.serving.planning import ServeRequest
-from podlab.core.serving.services import ServiceEvent, ServiceManager, probe_ready
+from podlab.core.serving.services import ServiceEvent, ServiceManager, auth_headers, probe_ready
 from podlab.core.settings import Settings
 from tests import harness
 from tests.integration.conftest import ServingTier, remove_services
@@ -56,7 +57,9 @@ def cheap_options(base_image: str, *command: str) -> ServiceOptions:
 async def ask_capital(service: InferenceService) -> str:
     async with httpx.AsyncClient(timeout=60) as client:
         response = await client.post(
-            f"{service.api_url}/chat/completions", json={**CHAT, "model": service.model_ref}
+            f"{service.api_url}/chat/completions",
+            json={**CHAT, "model": service.model_ref},
+            headers=auth_headers(service.api_key),
         )
     assert response.status_code == 200, response.text
     return str(response.json()["choices"][0]["message"]["content"])
@@ -168,7 +171,7 @@ async def test_chat_client_streams_from_a_served_container(
     params = GenerationParams(temperature=0.0, seed=1, max_tokens=32)
     tokens: list[str] = []
     done: Done | None = None
-    async with ChatClient(service.endpoint) as client:
+    async with ChatClient(service.endpoint, service.api_key) as client:
         assert await client.list_models() == [service.model_ref]
         async for event in client.stream_chat(CHAT["messages"], params=params):
             if isinstance(event, Token):
@@ -187,7 +190,7 @@ async def stream_capital(service: InferenceService) -> tuple[str, Done]:
     params = GenerationParams(temperature=0.0, seed=1, max_tokens=16)
     pieces: list[str] = []
     done: Done | None = None
-    async with ChatClient(service.api_url) as client:
+    async with ChatClient(service.api_url, service.api_key) as client:
         async for event in client.stream_chat(CHAT["messages"], service.model_ref, params):
             if isinstance(event, Token):
                 pieces.append(event.text)
@@ -235,7 +238,7 @@ async def test_serve_smollm2_and_stream_through_each_server_kind(
     # The readiness probe asks /health first and keeps to it unless it is 404: llama-server
     # answers it (503 while loading, then 200), llama-cpp-python has no such route.
     async with httpx.AsyncClient(timeout=10) as http:
-        health = await probe_ready(http, service.endpoint, use_health=True)
+        health = await probe_ready(http, service.endpoint, True, service.api_key)
     assert health == (200 if kind == "llama-cpp" else 404)
     streamed, done = await stream_capital(service)
     assert done.ok and not done.interrupted and streamed == done.text
@@ -608,9 +611,12 @@ def test_services_cli_round_trip(
         served = json.loads(captured.out)
         assert code == 0 and served["state"] == "ready" and served["device"] == "CPU"
         assert set(served["snippets"]) == {"curl", "python-openai", "python-httpx", "javascript"}
+        # The key Podlab made for the service is found by the endpoint alone (no extra step).
+        key = service_key(served["api_url"])
+        assert key and key not in captured.out  # --json output never carries it
         response = httpx.post(
             f"{served['api_url']}/chat/completions", json={**CHAT, "model": served["model"]},
-            timeout=60,
+            headers=auth_headers(key), timeout=60,
         )  # fmt: skip
         assert "Paris" in response.json()["choices"][0]["message"]["content"]
         assert cli.main(["services", "list", "--json"]) == 0

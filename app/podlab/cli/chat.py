@@ -49,7 +49,8 @@ from podlab.core.chat.compare import (
 )
 from podlab.core.chat.energy import EnergyMeter
 from podlab.core.errors import PodlabError
-from podlab.core.paths import atomic_write_text
+from podlab.core.paths import Locations, atomic_write_text
+from podlab.core.serving.keys import ServiceKeys
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -128,7 +129,8 @@ def _common(parser: argparse.ArgumentParser, endpoint_action: str = "store") -> 
     parser.add_argument(
         "--api-key-env",
         metavar="VAR",
-        help="read the API key from this environment variable (sent as a Bearer token)",
+        help="read the API key from this environment variable (sent as a Bearer token); "
+        "a Podlab service's own key is used without it",
     )
     parser.add_argument(
         "--timeout",
@@ -167,6 +169,11 @@ def _api_key(variable: str | None) -> str | None:
             f"export {variable}=... before running, or leave out --api-key-env",
         )
     return value
+
+
+def service_key(endpoint: str) -> str | None:
+    """The key Podlab made for its own service at `endpoint` (None for any other server)."""
+    return ServiceKeys(Locations.default()).get(endpoint)
 
 
 def _params(assignments: list[str]) -> GenerationParams:
@@ -251,7 +258,7 @@ def run_chat(args: argparse.Namespace) -> int:
         raise PodlabError("--system has no meaning with --completion")
     prompt = _read_prompt(args.prompt)
     params = _params(args.param)
-    api_key = _api_key(args.api_key_env)
+    api_key = _api_key(args.api_key_env) or service_key(args.endpoint)
     return _run(_chat(args, prompt, params, api_key))
 
 
@@ -348,7 +355,7 @@ def run_compare(args: argparse.Namespace) -> int:
             model,
             GenerationParams.from_dict(params.to_dict()),
             args.system or "",
-            api_key=api_key,
+            api_key=api_key or service_key(endpoint),
         )
         for endpoint, model in zip(endpoints, per_pane, strict=True)
     ]

@@ -116,6 +116,10 @@ def register(subparsers: Any) -> None:
         action.add_argument("service", metavar="ID", help="id, name or unique id prefix")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(func=cmd_action, action=name)
+    show = actions.add_parser("show", help="a service's endpoint, key and client code")
+    show.add_argument("service", metavar="ID", help="id, name or unique id prefix")
+    show.add_argument("--json", action="store_true", help="print JSON (with the api_key)")
+    show.set_defaults(func=cmd_show)
     logs = actions.add_parser("logs", help="print a service's server log")
     logs.add_argument("service", metavar="ID", help="id, name or unique id prefix")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
@@ -304,6 +308,12 @@ def _describe(service: InferenceService) -> list[str]:
         f"Serving {service.model_ref} ({service.engine}, {service.server_kind})",
         f"  id        {service.id}  ({service.name})",
         f"  endpoint  {service.api_url}",
+        "  api key   "
+        + (
+            "required (podlab chat uses it; see podlab services show ID)"
+            if service.api_key
+            else "none: any program or web page on this computer can use it"
+        ),
     ]
     device = service.device
     offload = service.offload
@@ -350,13 +360,18 @@ async def _serve(args: argparse.Namespace) -> int:
     await manager.read_device(service)
     if args.json:
         data = service.to_dict()
-        data["snippets"] = {s.key: s.code for s in snippets(service.api_url, service.model_ref)}
+        data["snippets"] = {
+            s.key: s.code
+            for s in snippets(service.api_url, service.model_ref, api_key=service.api_key)
+        }
         print_json(data)
         return 0
     print("\n".join(_describe(service)))
     print()
     print("Try it:")
-    print(snippet("curl", service.api_url, service.model_ref).code.rstrip())
+    print(
+        snippet("curl", service.api_url, service.model_ref, api_key=service.api_key).code.rstrip()
+    )
     print()
     print(f"Stop it with: podlab services stop {service.id}")
     return 0
@@ -426,6 +441,26 @@ async def _action(args: argparse.Namespace) -> int:
 
 def cmd_action(args: argparse.Namespace) -> int:
     return _run(_action(args))
+
+
+async def _show(args: argparse.Namespace) -> int:
+    manager = _manager()
+    service = await manager.get(args.service)
+    if args.json:
+        print_json({**service.to_dict(), "api_key": service.api_key})
+        return 0
+    print("\n".join(_describe(service)))
+    if service.api_key:
+        print(f"  key       {service.api_key}")
+    print()
+    print("Try it:")
+    curl = snippet("curl", service.api_url, service.model_ref, api_key=service.api_key)
+    print(curl.code.rstrip())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    return _run(_show(args))
 
 
 async def _logs(args: argparse.Namespace) -> int:

@@ -41,6 +41,11 @@ class Settings:
     bind_address: str = _setting(
         "127.0.0.1", "Interface service ports are published on; other than loopback exposes them."
     )
+    require_api_key: bool = _setting(
+        True,
+        "Services require a key Podlab makes (Playground, Compare and the client code use it). "
+        "Off: any program or web page on this computer can use a service.",
+    )
     use_host_ca_certificates: bool = _setting(
         False, "Mount the host's CA bundle into image builds (for TLS-intercepting proxies)."
     )
@@ -77,6 +82,7 @@ def _expected_type(name: str) -> type:
         "default_context_size": int,
         "download_stall_seconds": float,
         "use_host_ca_certificates": bool,
+        "require_api_key": bool,
         "server_images": dict,
     }.get(name, str)
 

@@ -4,9 +4,12 @@
 #   CTX_SIZE (2048), MODEL_CHAT_FORMAT, THREADS, PARALLEL, CONFIG_PATH, MODEL_ALIAS.
 # Extra arguments given to the container are passed on to the server.
 set -eu
+# llama-cpp-python's server behind Podlab's guard: PODLAB_API_KEY (when set) is required as a
+# bearer key, Host must be a loopback name (or in PODLAB_ALLOWED_HOSTS), no foreign Origin.
+SERVER=/usr/local/lib/podlab/podlab_guarded_server.py
 
 if [ -n "${CONFIG_PATH:-}" ]; then
-    exec python -m llama_cpp.server --config_file "$CONFIG_PATH" "$@"
+    exec python "$SERVER" --config_file "$CONFIG_PATH" "$@"
 fi
 
 if [ -z "${MODEL_PATH:-}" ]; then
@@ -38,5 +41,5 @@ if [ -n "${PARALLEL:-}" ] && [ "${PARALLEL}" != "1" ]; then
     # llama-cpp-python serves one request at a time; say so instead of failing.
     echo "podlab-model-server: PARALLEL=${PARALLEL} ignored (llama-cpp-python serves one request at a time)" >&2
 fi
-echo "podlab-model-server: python -m llama_cpp.server $*" >&2
-exec python -m llama_cpp.server "$@"
+echo "podlab-model-server: python $SERVER $*" >&2
+exec python "$SERVER" "$@"

@@ -16,6 +16,8 @@ import threading
 
 from podlab.core.chat.client import normalize_base_url
 from podlab.core.errors import PodlabError
+from podlab.core.keyring_backend import keyring_available
+from podlab.core.keyring_backend import keyring_backend as _keyring_backend
 
 __all__ = [
     "SERVICE",
@@ -52,31 +54,6 @@ class Secret(str):
 
     def reveal(self) -> str:
         return str.__str__(self)
-
-
-def _keyring_backend() -> object | None:
-    import keyring  # imported on first use: finding the backend takes a while
-    from keyring.backends import fail
-
-    try:
-        backend = keyring.get_keyring()
-    except Exception:  # a broken keyring setup: keys are kept in memory instead
-        log.info("no usable keyring backend", exc_info=True)
-        return None
-    if isinstance(backend, fail.Keyring):
-        return None
-    priority = getattr(backend, "priority", 1)
-    try:
-        if float(priority) <= 0:  # the "null" and "fail" style backends
-            return None
-    except (TypeError, ValueError):
-        pass
-    return backend
-
-
-def keyring_available() -> bool:
-    """True when keys survive a restart (a real keyring backend is configured)."""
-    return _keyring_backend() is not None
 
 
 def _account(endpoint: str) -> str:

@@ -50,6 +50,17 @@ LABEL_SERVER_KIND = "podlab.server-kind"
 LABEL_GPU = "podlab.gpu"
 LABEL_OPTIONS = "podlab.options"
 LABEL_VERSION = "podlab.version"
+LABEL_API_KEY = "podlab.api-key"
+"""'required' when the server asks for the bearer key Podlab keeps for its endpoint."""
+API_KEY_SECRET = "api-key"
+"""The secret name of a service's key in `ContainerSpec.secret_env` (and in exports)."""
+API_KEY_ENV = {
+    "llama-cpp-python": "PODLAB_API_KEY",
+    "llama-cpp": "LLAMA_API_KEY",
+    "vllm": "VLLM_API_KEY",
+}
+"""Where each server kind reads its key: Podlab's guarded llama-cpp-python server,
+llama.cpp's llama-server, vLLM."""
 
 # Podman AI Lab's digest-pinned llama.cpp server images (RamaLama's `*-llama-server`), from
 # containers/podman-desktop-extension-ai-lab packages/backend/src/assets/inference-images.json.
@@ -138,16 +149,25 @@ class ContainerSpec:
     pod: str | None = None
     shm_size: str | None = None
     stop_timeout: int | None = None
+    secret_env: dict[str, str] = field(default_factory=dict)
+    """Environment variables whose values are secrets, by secret name ({"LLAMA_API_KEY":
+    "api-key"}): never part of the spec's own data (a dry run or an export shows the name only);
+    the values come in `to_podman_kwargs(secrets=...)`, or a Kubernetes Secret in an export."""
 
-    def to_podman_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of podman-py's `containers.create(**kwargs)`."""
+    def to_podman_kwargs(self, secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The keyword arguments of podman-py's `containers.create(**kwargs)`; `secrets` gives
+        the values of `secret_env` (left out when absent, as in `--dry-run`)."""
         kwargs: dict[str, Any] = {"image": self.image, "command": list(self.command)}
         if self.entrypoint is not None:
             kwargs["entrypoint"] = list(self.entrypoint)
         if self.name:
             kwargs["name"] = self.name
-        if self.env:
-            kwargs["environment"] = dict(self.env)
+        environment = dict(self.env)
+        for variable, secret in self.secret_env.items():
+            if secrets is not None and secret in secrets:
+                environment[variable] = secrets[secret]
+        if environment:
+            kwargs["environment"] = environment
         if self.ports:
             ports: dict[str, Any] = {}
             for port in self.ports:
@@ -408,6 +428,7 @@ def model_server_spec(
     host_port: int,
     image_overrides: Mapping[str, str] | None = None,
     name: str | None = None,
+    require_api_key: bool = True,
 ) -> ContainerSpec:
     """The container of one inference server; pure (no I/O), so `--dry-run` shows it exactly.
 
@@ -449,6 +470,11 @@ def model_server_spec(
     if options.parallel is not None:
         env["PARALLEL"] = str(options.parallel)
     env.update(passthrough.env)
+    if server_kind == "llama-cpp":
+        # Newer llama-server answers only its own origin with a CORS grant (older ones ignore
+        # this variable; the key still guards every route but /health).
+        env["LLAMA_ARG_CORS_ORIGINS"] = f"http://{endpoint_host(host_ip)}:{host_port}"
+    secret_env = {API_KEY_ENV[server_kind]: API_KEY_SECRET} if require_api_key else {}
 
     entrypoint: list[str] | None = None
     command: list[str] = []
@@ -510,6 +536,7 @@ def model_server_spec(
         LABEL_GPU: passthrough.vendor,
         LABEL_OPTIONS: json.dumps(options_label, sort_keys=True, separators=(",", ":")),
         LABEL_VERSION: __version__,
+        LABEL_API_KEY: "required" if require_api_key else "none",
     }
     return ContainerSpec(
         image=image,
@@ -524,4 +551,5 @@ def model_server_spec(
         labels=labels,
         shm_size=shm_size,
         stop_timeout=10,
+        secret_env=secret_env,
     )

@@ -64,6 +64,8 @@ class InferenceService:
     pid: int | None = None
     log_path: str | None = None
     created: float = field(default_factory=time.time)
+    api_key: str | None = field(default=None, repr=False)
+    """The bearer key the server requires (None: it requires none); never in `to_dict`."""
 
     @property
     def endpoint(self) -> str:

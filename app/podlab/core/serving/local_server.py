@@ -28,8 +28,13 @@ from typing import Any
 
 from podlab.core.errors import PodlabError
 from podlab.core.paths import Locations, atomic_write_text, open_private_log
+from podlab.core.resources import recipe_file
 
 SERVER_MODULE = "llama_cpp.server"
+"""What Podlab versions before the guard ran (their records are still recognised)."""
+SERVER_SCRIPT = "podlab_guarded_server.py"
+"""llama-cpp-python's server behind Podlab's guard (key, Host and Origin checks): the same file
+Podlab's model-server image runs."""
 PYTHON_ENV = "PODLAB_LOCAL_PYTHON"
 """Environment variable naming the Python that runs the local engine (default: Podlab's own),
 e.g. a virtual environment with a llama-cpp-python built for this machine."""
@@ -181,7 +186,7 @@ class LocalEngine:
         extra_args: list[str] | None = None,
     ) -> list[str]:
         argv = [
-            self.python, "-m", SERVER_MODULE,
+            self.python, str(recipe_file(f"model_servers/llamacpp_python/{SERVER_SCRIPT}")),
             "--model", model_file,
             "--host", host,
             "--port", str(port),
@@ -199,9 +204,13 @@ class LocalEngine:
         argv += extra_args or []
         return argv
 
-    def spawn(self, record: LocalRecord) -> int:
-        """Start the record's command detached (own session), logging to its log file."""
+    def spawn(self, record: LocalRecord, api_key: str | None = None) -> int:
+        """Start the record's command detached (own session), logging to its log file; the
+        server requires `api_key` (passed in its environment, never on its command line)."""
         env = dict(os.environ)
+        env.pop("PODLAB_API_KEY", None)
+        if api_key:
+            env["PODLAB_API_KEY"] = api_key
         env["PYTHONUNBUFFERED"] = "1"
         # A crash in llama.cpp then leaves "Fatal Python error: Segmentation fault" in the log:
         # the reason stays known after the process that started the server is gone.
@@ -242,7 +251,8 @@ class LocalEngine:
         if not cmdline:
             return False
         joined = " ".join(cmdline)
-        return SERVER_MODULE in joined and str(record.port) in cmdline
+        ours = SERVER_SCRIPT in joined or SERVER_MODULE in joined
+        return ours and str(record.port) in cmdline
 
     def exit_code(self, record: LocalRecord) -> int | None:
         """The exit status when this process started the server and it ended."""

@@ -38,6 +38,7 @@ from podlab.core.serving.gpu.passthrough import (
     plan_passthrough,
 )
 from podlab.core.serving.inference import EngineName
+from podlab.core.serving.keys import new_key
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.settings import Settings
 
@@ -92,6 +93,8 @@ class PreparedService:
     """The container for Podman; None for the local engine."""
     command: list[str] | None = None
     """The command line for the local engine."""
+    api_key: str | None = field(default=None, repr=False)
+    """The bearer key the server will require (None when the setting require_api_key is off)."""
 
 
 def resolve_model(ref: str | Path, settings: Settings | None = None) -> ResolvedModel:
@@ -234,8 +237,15 @@ class Planner:
             options = replace(options, properties={**resolved.properties, **options.properties})
         service_id = secrets.token_hex(4)
         if engine == "local":
-            return await self._prepare_local(service_id, resolved, request, options, ports_in_use)
-        return await self._prepare_container(service_id, resolved, request, options, ports_in_use)
+            prepared = await self._prepare_local(
+                service_id, resolved, request, options, ports_in_use
+            )
+        else:
+            prepared = await self._prepare_container(
+                service_id, resolved, request, options, ports_in_use
+            )
+        prepared.api_key = new_key() if self.settings.require_api_key else None
+        return prepared
 
     async def _prepare_container(
         self,
@@ -272,6 +282,7 @@ class Planner:
             model_ref=resolved.ref,
             host_port=port,
             image_overrides=self.settings.server_images,
+            require_api_key=self.settings.require_api_key,
         )
         return PreparedService(
             service_id=service_id,

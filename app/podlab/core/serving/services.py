@@ -42,6 +42,7 @@ from podlab.core.serving.engine import Engine
 from podlab.core.serving.gpu.detect import GpuReport, detect_gpus
 from podlab.core.serving.gpu.host import Diagnosis, HostProbe
 from podlab.core.serving.inference import EngineName, InferenceService, ServiceState
+from podlab.core.serving.keys import ServiceKeys
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.offload import device_of, parse_offload
 from podlab.core.serving.planning import (
@@ -75,12 +76,19 @@ class ServiceEvent:
 ServiceListener = Callable[[ServiceEvent], None]
 
 
-async def probe_ready(client: httpx.AsyncClient, endpoint: str, use_health: bool) -> int | None:
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header a service's own key goes in (none when it requires none)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+async def probe_ready(
+    client: httpx.AsyncClient, endpoint: str, use_health: bool, api_key: str | None = None
+) -> int | None:
     """One readiness probe: 200 means ready; returns the status of the URL tried (None when
     nothing answered)."""
     url = f"{endpoint}/health" if use_health else f"{endpoint}/v1/models"
     try:
-        response = await client.get(url)
+        response = await client.get(url, headers=auth_headers(api_key))
     except httpx.HTTPError:
         return None
     return response.status_code
@@ -93,6 +101,7 @@ async def wait_ready(
     dead: Callable[[], Awaitable[str | None]],
     interval: float = 0.05,
     check_every: float = 0.5,
+    api_key: str | None = None,
 ) -> None:
     """Poll `/health` (then `/v1/models` when /health is 404) until 200.
 
@@ -107,12 +116,12 @@ async def wait_ready(
     verify = ssl_context_for(endpoint)  # shared; loads no certificates for http://
     async with httpx.AsyncClient(timeout=timeouts, limits=limits, verify=verify) as client:
         while True:
-            status = await probe_ready(client, endpoint, use_health)
+            status = await probe_ready(client, endpoint, use_health, api_key)
             if status == 200:
                 return
             if use_health and status == 404:
                 use_health = False
-                status = await probe_ready(client, endpoint, use_health)
+                status = await probe_ready(client, endpoint, use_health, api_key)
                 if status == 200:
                     return
             now = time.monotonic()
@@ -153,6 +162,7 @@ class ServiceManager:
         self.ready_timeout = ready_timeout
         self.probe_timeout = probe_timeout
         self.ready_misses = max(1, ready_misses)
+        self.keys = ServiceKeys(self.locations)
         self.planner = Planner(self.settings, self.engine, self.local, self.gpu_report, port_base)
         self.backends: dict[EngineName, ServiceBackend] = {
             "podman": PodmanBackend(self.engine),
@@ -228,6 +238,8 @@ class ServiceManager:
             backend = self.backends[prepared.engine]
             await backend.ensure_reachable()
             service = self._service_from_prepared(prepared)
+            if prepared.api_key:
+                await asyncio.to_thread(self.keys.save, service.endpoint, prepared.api_key)
             self._services[service.id] = service
         self._emit("added", service, "creating")
         try:
@@ -262,6 +274,7 @@ class ServiceManager:
             diagnosis=prepared.plan.diagnosis,
             image=prepared.spec.image if prepared.spec else None,
             spec=prepared.spec,
+            api_key=prepared.api_key,
         )
 
     async def start(
@@ -300,6 +313,7 @@ class ServiceManager:
                 service.endpoint,
                 within=within,
                 dead=lambda: self._backend(service).why_dead(service),
+                api_key=service.api_key,
             )
         except (TimeoutError, RuntimeError) as exc:
             tail = await self.log_text(service, tail=LOG_TAIL_LINES)
@@ -368,6 +382,7 @@ class ServiceManager:
         """Stop and remove the container (with its anonymous volumes) or the local record."""
         service = await self._resolve(service)
         await self._backend(service).remove(service)
+        await asyncio.to_thread(self.keys.delete, service.endpoint)
         self._services.pop(service.id, None)
         self._misses.pop(service.id, None)
         self._emit("removed", service, "removed")
@@ -385,6 +400,8 @@ class ServiceManager:
             listing = await backend.listing()
             if listing.problem:
                 problems.append(listing.problem)
+            for service in listing.services:
+                service.api_key = await asyncio.to_thread(self.keys.get, service.endpoint)
             await self._probe(listing.services)
             for service in listing.services:
                 found[service.id] = service
@@ -433,9 +450,8 @@ class ServiceManager:
         known.state = fresh.state
         if fresh.state == ServiceState.EXITED and fresh.error:
             known.error = fresh.error
-        if fresh.state == ServiceState.EXITED and fresh.error:
-            known.error = fresh.error
         known.container_id = fresh.container_id or known.container_id
+        known.api_key = fresh.api_key or known.api_key
         known.pid = fresh.pid
         if changed:
             detail = known.state.value
@@ -511,7 +527,7 @@ class ServiceManager:
     @staticmethod
     async def _answers(http: httpx.AsyncClient, service: InferenceService) -> bool:
         for use_health in (True, False):
-            if await probe_ready(http, service.endpoint, use_health) == 200:
+            if await probe_ready(http, service.endpoint, use_health, service.api_key) == 200:
                 return True
         return False
 
@@ -520,7 +536,7 @@ class ServiceManager:
         """The server's HTTP side answers (without touching its model; see `_probe`): 200,
         or a 404 (llama-cpp-python has no /health) or another client error; a 5xx (e.g.
         llama.cpp's 503 while it loads a model) or no answer within `probe_timeout` is not."""
-        status = await probe_ready(http, service.endpoint, use_health=True)
+        status = await probe_ready(http, service.endpoint, True, service.api_key)
         return status is not None and status < 500
 
     # ----------------------------------------------------------------- logs and stats

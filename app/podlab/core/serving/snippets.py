@@ -1,7 +1,8 @@
 """Client code for a served model: curl, Python (openai), Python (httpx), JavaScript (fetch).
 
 Every snippet streams a chat completion from the OpenAI-compatible endpoint, so what the user
-copies shows tokens as they arrive, like the playground does.
+copies shows tokens as they arrive, like the playground does. A service that requires a key
+gets it in each snippet (the Authorization header, or the openai client's api_key).
 """
 
 from __future__ import annotations
@@ -37,26 +38,28 @@ def _base(api_url: str) -> str:
     return url if url.endswith("/v1") else f"{url}/v1"
 
 
-def _curl(base: str, model: str, prompt: str) -> str:
+def _curl(base: str, model: str, prompt: str, key: str | None) -> str:
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True},
         indent=2,
         ensure_ascii=False,
     )
     quoted = body.replace("'", "'\\''")
+    auth = f"  -H 'Authorization: Bearer {key}' \\\n" if key else ""
     return (
         f"curl -N {base}/chat/completions \\\n"
+        f"{auth}"
         "  -H 'Content-Type: application/json' \\\n"
         f"  -d '{quoted}'\n"
     )
 
 
-def _python_openai(base: str, model: str, prompt: str) -> str:
+def _python_openai(base: str, model: str, prompt: str, key: str | None) -> str:
     return f"""\
 # pip install openai
 from openai import OpenAI
 
-client = OpenAI(base_url={base!r}, api_key="not-needed")
+client = OpenAI(base_url={base!r}, api_key={key or "not-needed"!r})
 stream = client.chat.completions.create(
     model={model!r},
     messages=[{{"role": "user", "content": {prompt!r}}}],
@@ -69,7 +72,8 @@ print()
 """
 
 
-def _python_httpx(base: str, model: str, prompt: str) -> str:
+def _python_httpx(base: str, model: str, prompt: str, key: str | None) -> str:
+    headers = f"headers={{'Authorization': {'Bearer ' + key!r}}}, " if key else ""
     return f"""\
 # pip install httpx
 import json
@@ -81,7 +85,8 @@ payload = {{
     "messages": [{{"role": "user", "content": {prompt!r}}}],
     "stream": True,
 }}
-with httpx.stream("POST", {base + "/chat/completions"!r}, json=payload, timeout=None) as response:
+url = {base + "/chat/completions"!r}
+with httpx.stream("POST", url, {headers}json=payload, timeout=None) as response:
     response.raise_for_status()
     for line in response.iter_lines():
         if not line.startswith("data: ") or line == "data: [DONE]":
@@ -92,8 +97,11 @@ print()
 """
 
 
-def _javascript(base: str, model: str, prompt: str) -> str:
+def _javascript(base: str, model: str, prompt: str, key: str | None) -> str:
     url = json.dumps(base + "/chat/completions")
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True},
         ensure_ascii=False,
@@ -101,7 +109,7 @@ def _javascript(base: str, model: str, prompt: str) -> str:
     return f"""\
 const response = await fetch({url}, {{
   method: "POST",
-  headers: {{ "Content-Type": "application/json" }},
+  headers: {json.dumps(headers)},
   body: JSON.stringify({body}),
 }});
 const reader = response.body.getReader();
@@ -130,15 +138,23 @@ _BUILDERS = {
 }
 
 
-def snippet(key: str, api_url: str, model: str, prompt: str = DEFAULT_PROMPT) -> Snippet:
-    """One snippet; key is one of SNIPPET_LANGUAGES' keys."""
+def snippet(
+    key: str,
+    api_url: str,
+    model: str,
+    prompt: str = DEFAULT_PROMPT,
+    api_key: str | None = None,
+) -> Snippet:
+    """One snippet; key is one of SNIPPET_LANGUAGES' keys; api_key the service's own key."""
     if key not in _BUILDERS:
         raise ValueError(f"unknown snippet {key!r}; expected one of {', '.join(_BUILDERS)}")
     language, build = _BUILDERS[key]
     title = dict(SNIPPET_LANGUAGES)[key]
-    return Snippet(key, title, language, build(_base(api_url), model, prompt))
+    return Snippet(key, title, language, build(_base(api_url), model, prompt, api_key))
 
 
-def snippets(api_url: str, model: str, prompt: str = DEFAULT_PROMPT) -> list[Snippet]:
+def snippets(
+    api_url: str, model: str, prompt: str = DEFAULT_PROMPT, api_key: str | None = None
+) -> list[Snippet]:
     """Every snippet, in SNIPPET_LANGUAGES order."""
-    return [snippet(key, api_url, model, prompt) for key, _ in SNIPPET_LANGUAGES]
+    return [snippet(key, api_url, model, prompt, api_key) for key, _ in SNIPPET_LANGUAGES]

@@ -76,6 +76,7 @@ class EndpointPicker(QWidget):
         self.refresh_button.setText("↻")
         self.refresh_button.setToolTip("Ask the endpoint for its models (GET /v1/models)")
         self.refresh_button.clicked.connect(lambda: self.refresh_models_soon())
+        self._service_key: str | None = None
         self.key_edit = QLineEdit()
         self.key_edit.setObjectName("api-key")
         self.key_edit.setEchoMode(QLineEdit.EchoMode.Password)
@@ -145,6 +146,7 @@ class EndpointPicker(QWidget):
         for ident, service in self._services.items():
             if getattr(service, "endpoint", None) == url.rstrip("/").removesuffix("/v1"):
                 self.service_combo.setCurrentIndex(self.service_combo.findData(ident))
+                self._use_service_key(service)
         if model is not None:
             self.model_combo.setCurrentText(model)
 
@@ -197,12 +199,24 @@ class EndpointPicker(QWidget):
             return
         self.url_edit.setText(service.endpoint)
         self.model_combo.setCurrentText(service.model_ref)
+        self._use_service_key(service)
         self.sig_changed.emit()
         self.refresh_models_soon()
+
+    def _use_service_key(self, service: Any) -> None:
+        """A Podlab service's own key goes with it: the user never types it."""
+        key = getattr(service, "api_key", None)
+        if key:
+            self.key_edit.setText(key)
+        self._service_key = key
 
     def _forget_service(self) -> None:
         if self.service_combo.currentIndex() != 0:
             self.service_combo.setCurrentIndex(0)
+        # A service's key is never sent to another endpoint the user types.
+        if self._service_key and self.key_edit.text() == self._service_key:
+            self.key_edit.clear()
+        self._service_key = None
 
     def _on_url_edited(self) -> None:
         self.sig_changed.emit()

@@ -167,7 +167,9 @@ class ServiceDetails(QWidget):
         self.playground_button.setEnabled(state == ServiceState.READY)
         self._set_text(self.title, f"<b>{_escape(service.name)}</b> — {state.value}")
         self._set_text(self.overview, self._overview_html(service))
-        by_key = {s.key: s for s in snippets(service.api_url, service.model_ref)}
+        by_key = {
+            s.key: s for s in snippets(service.api_url, service.model_ref, api_key=service.api_key)
+        }
         for key, pane in self.snippet_panes.items():
             pane.set_snippet(by_key.get(key))
 
@@ -198,6 +200,12 @@ class ServiceDetails(QWidget):
             context += f" · {options.parallel} slots"
         rows = [
             ("Endpoint", f"<code>{_escape(service.api_url)}</code> (OpenAI-compatible)"),
+            (
+                "Access",
+                "a key is required (Playground and Compare use it; it is in Client code)"
+                if service.api_key
+                else "open: no key, any program or web page on this computer can use it",
+            ),
             ("Model", model),
             ("Engine", _escape(engine)),
             ("Device", f"{badge} <small>{_escape(tip)}</small>"),

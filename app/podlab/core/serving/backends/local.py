@@ -61,7 +61,7 @@ class LocalBackend:
             await self.local.terminate(record)
         if not await asyncio.to_thread(Path(service.model_file).is_file):
             raise PodlabError(f"the model file {service.model_file} is gone")
-        service.pid = await asyncio.to_thread(self.local.spawn, record)
+        service.pid = await asyncio.to_thread(self.local.spawn, record, service.api_key)
 
     async def stop(self, service: InferenceService, grace: int) -> None:
         await self.local.terminate(self._record(service), grace=grace)

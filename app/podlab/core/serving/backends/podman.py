@@ -23,6 +23,7 @@ from podlab.core.errors import PodlabError
 from podlab.core.resources import recipe_file
 from podlab.core.serving.backends.base import Listing, Progress
 from podlab.core.serving.container_spec import (
+    API_KEY_SECRET,
     LABEL_API_URL,
     LABEL_ENGINE,
     LABEL_GPU,
@@ -148,7 +149,9 @@ class PodmanBackend:
             async for line in self.engine.pull(spec.image):
                 progress(line)
         client = self.engine.client()
-        container = await self.engine.call(client.containers.create, **spec.to_podman_kwargs())
+        secrets = {API_KEY_SECRET: prepared.api_key} if prepared.api_key else {}
+        kwargs = spec.to_podman_kwargs(secrets=secrets)
+        container = await self.engine.call(client.containers.create, **kwargs)
         service.container_id = str(container.id)
         self._containers[service.id] = container
 
