@@ -632,3 +632,31 @@ def test_services_cli_round_trip(
     finally:
         if served:
             remove_services(serving_tier.client, {served["id"]})
+
+
+async def test_services_start_without_catatonit_and_doctor_says_how_to_get_it(
+    service_manager: ServiceManager, base_image: str, smollm2_model: Path, podman_client: Any
+) -> None:
+    """Debian installs catatonit only as a recommendation of podman: where it is missing,
+    `--init` would fail every start, so services start without an init process instead."""
+    engine = service_manager.engine
+    assert (await engine.connect()).has_init is True  # this machine has it (setup installs it)
+    engine.init_paths = ("/nonexistent/podman/catatonit",)  # as on a machine without it
+    assert (await engine.connect()).has_init is False
+    progress: list[str] = []
+    service_manager.subscribe(lambda event: progress.append(event.detail))
+    service = await service_manager.create(
+        ServeRequest(
+            smollm2_model,
+            options=cheap_options(base_image, "sh", "-c", "echo started; sleep 30"),
+            server_kind="llama-cpp-python",
+        )
+    )
+    await service_manager.start(service, wait=False)
+    attrs = podman_client.containers.get(service.container_id).attrs
+    assert service.spec is not None and service.spec.init is False
+    assert "Init" not in attrs["HostConfig"]  # Podman reports Init only when it is on
+    assert attrs["State"]["Running"] is True
+    assert any("catatonit is missing" in line and "apt-get install catatonit" in line
+               for line in progress)  # fmt: skip
+    await service_manager.delete(service)

@@ -19,7 +19,7 @@ from podlab.core.logs import log_file
 from podlab.core.models.store import ModelStore
 from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import SERVER_KINDS, ServiceOptions
-from podlab.core.serving.engine import Engine
+from podlab.core.serving.engine import INIT_MISSING_FIX, Engine
 from podlab.core.serving.gpu.detect import GpuReport
 from podlab.core.serving.gpu.host import Diagnosis
 from podlab.core.serving.gpu.passthrough import WANTS, plan_passthrough
@@ -230,6 +230,9 @@ async def _doctor(as_json: bool, selftest_timeout: float) -> int:
             print("           reached through an SSH tunnel: every call works over it")
         if status.limits:
             print(f"  warning  {status.limits}")
+        if status.has_init is False:
+            print("  warning  catatonit is missing: containers start without an init process")
+            print(f"           fix: {INIT_MISSING_FIX}")
     else:
         print(f"  PROBLEM  {status.problem}")
         if status.hint:

@@ -60,6 +60,17 @@ OUTPUT_FORMATS = {
 }
 
 
+INIT_PATHS = (
+    "/usr/libexec/podman/catatonit",
+    "/usr/lib/podman/catatonit",
+    "/usr/local/libexec/podman/catatonit",
+    "/usr/libexec/catatonit/catatonit",
+)
+"""Where Podman finds catatonit for `--init` (its helper_binaries_dir and init_path defaults on
+Debian, Fedora and source installs)."""
+INIT_MISSING_FIX = "sudo apt-get install catatonit (dnf install catatonit on Fedora)"
+
+
 @dataclass
 class EngineStatus:
     """What the Podman page and `podlab doctor` show."""
@@ -82,6 +93,9 @@ class EngineStatus:
     """How Podlab reaches it: unix, tcp or ssh."""
     limits: str = ""
     """What cannot work over this connection (Podman on another host), said before it fails."""
+    has_init: bool | None = None
+    """Whether Podman's init binary (catatonit) is installed on this computer; None when Podman
+    runs elsewhere. Debian and Ubuntu install it only as a recommendation of podman."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,9 +165,12 @@ class Engine:
         system_socket: str = ROOTFUL_SOCKET,
         locations: Locations | None = None,
         ssh_identity: str | None = None,
+        init_paths: tuple[str, ...] = INIT_PATHS,
     ) -> None:
         """ssh_identity: the key file for ssh:// URLs (else a `podman system connection`'s,
-        else CONTAINER_SSHKEY, else ssh's own defaults and agent)."""
+        else CONTAINER_SSHKEY, else ssh's own defaults and agent). init_paths: where Podman
+        looks for its init binary (see `INIT_PATHS`)."""
+        self.init_paths = init_paths
         self.settings = settings or Settings()
         self._explicit_url = url
         self._env = env
@@ -193,7 +210,12 @@ class Engine:
         """Find Podman and check its version; never raises (the status says what is wrong)."""
         async with self._lock:
             await self._close_connection()
-            self._status = await self._discover()
+            status = await self._discover()
+            if status.available and status.transport == "unix" and not status.limits:
+                status.has_init = await asyncio.to_thread(
+                    lambda: any(Path(p).exists() for p in self.init_paths)
+                )
+            self._status = status
             return self._status
 
     async def ensure(self) -> EngineStatus:

@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.models.hardware import HostFacts, read_host_facts
-from podlab.core.serving.engine import Engine, EngineStatus, install_hint
+from podlab.core.serving.engine import INIT_MISSING_FIX, Engine, EngineStatus, install_hint
 from podlab.core.serving.gpu.cdi import (
     ACTION_GENERATE_CDI,
     PODLAB_CDI_SPEC_PATH,
@@ -469,6 +469,12 @@ class DashboardPage(QWidget):
             if status.limits:
                 card.set_status("warning", "Remote")
                 card.add_text(status.limits)
+            if status.has_init is False:
+                card.set_status("warning", "Running, catatonit missing")
+                card.add_text(
+                    "catatonit, Podman's init process, is not installed: services start without "
+                    f"it. Fix: {INIT_MISSING_FIX}"
+                )
             card.add_text(
                 "Services run in containers with ports published on "
                 f"{self._lab.settings.bind_address}.",

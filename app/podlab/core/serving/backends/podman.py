@@ -13,6 +13,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from podlab.core.serving.container_spec import (
     ServiceOptions,
 )
 from podlab.core.serving.crash import describe_exit
-from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine, PullPolicy
+from podlab.core.serving.engine import HOST_CA_BUNDLE, INIT_MISSING_FIX, Engine, PullPolicy
 from podlab.core.serving.inference import EngineName, InferenceService, ServiceState
 from podlab.core.serving.planning import PreparedService
 
@@ -148,6 +149,12 @@ class PodmanBackend:
             progress(f"pulling {spec.image}")
             async for line in self.engine.pull(spec.image):
                 progress(line)
+        if spec.init and self.engine.status.has_init is False:
+            # Podman would refuse to start it ("container-init binary not found"): the server
+            # runs as PID 1 instead, which still stops on SIGTERM; doctor says how to fix it.
+            spec = replace(spec, init=False)
+            service.spec = spec
+            progress(f"catatonit is missing: starting without an init process ({INIT_MISSING_FIX})")
         client = self.engine.client()
         secrets = {API_KEY_SECRET: prepared.api_key} if prepared.api_key else {}
         kwargs = spec.to_podman_kwargs(secrets=secrets)
@@ -158,7 +165,16 @@ class PodmanBackend:
     async def start(self, service: InferenceService) -> None:
         await self.engine.ensure()
         container = await self._container(service)
-        await self.engine.call(container.start)
+        try:
+            await self.engine.call(container.start)
+        except PodlabError as exc:
+            if "container-init binary not found" not in exc.message:
+                raise
+            raise PodlabError(
+                "Podman cannot find catatonit, the init process Podlab's containers run with",
+                hint=f"install it where Podman runs: {INIT_MISSING_FIX} (Debian and Ubuntu "
+                "install it only as a recommendation of podman)",
+            ) from exc
 
     async def stop(self, service: InferenceService, grace: int) -> None:
         container = await self._container(service)
