@@ -251,8 +251,14 @@ class RecipeRunner:
         return run
 
     async def _image_for(self, recipe_id: str, container: RecipeContainer, built: list[str]) -> str:
-        """The image of one container: reused when its inputs are unchanged, else built."""
-        if container.context_dir.resolve() == model_server_context().resolve():
+        """The image of one container: reused when its inputs are unchanged, else built.
+
+        Podlab's own model server (named by its image or its folder) is the image "serve" uses.
+        """
+        if (
+            container.image == PODLAB_SERVER_IMAGE
+            or container.context_dir == model_server_context()
+        ):
             tag = PODLAB_SERVER_IMAGE
             if await self.engine.image_exists(tag):
                 self._emit("reuse", tag, container.name)
