@@ -1,11 +1,13 @@
-"""`podlab recipe`: list, show, validate and import recipes (ai-lab.yaml applications)."""
+"""`podlab recipe`: list, show, validate, import and run recipes (ai-lab.yaml applications)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from podlab.cli.output import print_json, print_table
 from podlab.core.errors import PodlabError
@@ -17,7 +19,13 @@ from podlab.core.recipes.catalog import (
     import_recipes,
     load_recipe_catalog,
 )
+from podlab.core.recipes.runner import RecipeRun, RecipeRunner, RunEvent, RunRequest
 from podlab.core.recipes.spec import RecipeSpecError, load_recipe_spec
+from podlab.core.serving.engine import Engine
+from podlab.core.serving.gpu.passthrough import WANTS
+from podlab.core.settings import load_settings
+
+T = TypeVar("T")
 
 
 def register(subparsers: Any) -> None:
@@ -58,6 +66,36 @@ def register(subparsers: Any) -> None:
     import_parser.add_argument("path", metavar="PATH", type=Path, help="folder or checkout")
     import_parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     import_parser.set_defaults(func=cmd_import)
+
+    run_parser = commands.add_parser(
+        "run",
+        help="build (only what changed) and start a recipe in a Podman pod; "
+        "returns when the app answers and prints its URL",
+    )
+    run_parser.add_argument("id", metavar="ID", help="recipe id (see 'podlab recipe list')")
+    run_parser.add_argument(
+        "--model", required=True, help="a GGUF file, a downloaded model id or a catalog model id"
+    )
+    run_parser.add_argument(
+        "--embedding-model", help="the embedding model (GGUF) for recipes that embed (RAG)"
+    )
+    run_parser.add_argument(
+        "--gpu", default="auto", choices=WANTS, help="GPU for the model service (default auto)"
+    )
+    run_parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    run_parser.set_defaults(func=cmd_run)
+
+    ps_parser = commands.add_parser("ps", help="list recipe runs (found by their pod labels)")
+    ps_parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    ps_parser.set_defaults(func=cmd_ps)
+
+    stop_parser = commands.add_parser("stop", help="stop a recipe run (its pod)")
+    stop_parser.add_argument("run", metavar="RUN", help="run id (see 'podlab recipe ps')")
+    stop_parser.set_defaults(func=cmd_stop)
+
+    rm_parser = commands.add_parser("rm", help="remove a recipe run: its pod and containers")
+    rm_parser.add_argument("run", metavar="RUN", help="run id (see 'podlab recipe ps')")
+    rm_parser.set_defaults(func=cmd_rm)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -170,4 +208,87 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     for entry in entries:
         print(f"imported {entry.id} ({entry.name}) from {entry.origin}")
+    return 0
+
+
+def _with_runner(
+    action: Callable[[RecipeRunner], Awaitable[T]],
+    on_event: Callable[[RunEvent], None] | None = None,
+) -> T:
+    async def main() -> T:
+        settings = load_settings().settings
+        engine = Engine(settings)
+        runner = RecipeRunner(engine, settings)
+        if on_event is not None:
+            runner.subscribe(on_event)
+        try:
+            return await action(runner)
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(main())
+
+
+def _print_event(event: RunEvent) -> None:
+    """Build logs and progress go to stderr, so stdout holds only the result."""
+    where = f"[{event.container}] " if event.container else ""
+    if event.kind == "log":
+        print(f"{where}{event.text}", file=sys.stderr)
+    elif event.kind == "build":
+        print(f"{where}building {event.text}", file=sys.stderr)
+    elif event.kind == "reuse":
+        print(f"{where}reusing {event.text} (inputs unchanged)", file=sys.stderr)
+    elif event.kind == "ready":
+        print(f"{where}answers at {event.text}", file=sys.stderr)
+    else:
+        print(f"podlab: {event.text}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    entry = _find(_load(), args.id)
+    request = RunRequest(entry, args.model, args.embedding_model, gpu=args.gpu)
+
+    async def start(runner: RecipeRunner) -> RecipeRun:
+        return await runner.run(request)
+
+    run = _with_runner(start, _print_event)
+    if args.json:
+        print_json(run.to_dict())
+    else:
+        print(f"{entry.name} runs as {run.id}: {run.app_url}")
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    async def runs(runner: RecipeRunner) -> list[RecipeRun]:
+        return await runner.runs()
+
+    found = _with_runner(runs)
+    if args.json:
+        print_json([run.to_dict() for run in found])
+        return 0
+    if not found:
+        print("No recipe run.")
+        return 0
+    rows = [(r.id, r.recipe_id, r.state.value, r.model, r.app_url, r.pod) for r in found]
+    print_table(("run", "recipe", "state", "model", "url", "pod"), rows)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    async def stop(runner: RecipeRunner) -> RecipeRun:
+        return await runner.stop(args.run)
+
+    run = _with_runner(stop)
+    print(f"stopped {run.id} ({run.recipe_id})")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    async def remove(runner: RecipeRunner) -> None:
+        await runner.get(args.run)
+        await runner.remove(args.run)
+
+    _with_runner(remove)
+    print(f"removed {args.run}")
     return 0

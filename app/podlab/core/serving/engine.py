@@ -651,6 +651,8 @@ class Engine:
             ("pullpolicy", pull),
             ("pull", "true" if pull == "always" else "false"),
             ("rm", "true"),
+            # A failed build leaves no build container behind either.
+            ("forcerm", "true"),
             ("nocache", "true" if nocache else "false"),
             # Podman 4.3's libpod /build never reuses cached layers unless the output format
             # is named explicitly (checked: same context, new layers every time without it).
