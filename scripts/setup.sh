@@ -21,7 +21,9 @@ app_packages=(python3 python3-venv python3-dev build-essential cmake git ca-cert
   fonts-dejavu-core libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
   libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0)
 # chromium: the recipe apps' browser tests drive Debian's build through Playwright.
-test_packages=(mmdebstrap openssl openssh-server xvfb x11-utils passwd util-linux chromium)
+# desktop-file-utils, appstream, shared-mime-info: the validators of the desktop entry, metainfo and MIME type.
+test_packages=(mmdebstrap openssl openssh-server xvfb x11-utils passwd util-linux chromium
+  desktop-file-utils appstream shared-mime-info)
 
 wanted=("${app_packages[@]}")
 [ "$profile" = test ] && wanted+=("${test_packages[@]}")

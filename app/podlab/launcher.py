@@ -14,11 +14,14 @@ GLOBAL_FLAGS = ("--log-level",)
 
 
 def wants_gui(argv: list[str]) -> bool:
-    """No arguments, or only window options, means the user asked for the window."""
+    """No arguments, only window options, or GGUF files to open (`podlab FILE.gguf`, as the
+    desktop entry runs it) mean the user asked for the window."""
     rest = _without_global_options(argv)
     if not rest:
         return True
-    return rest[0] in GUI_FLAGS or any(arg.split("=", 1)[0] == "--screenshot" for arg in rest)
+    if rest[0] in GUI_FLAGS or rest[0].lower().endswith(".gguf"):
+        return True
+    return any(arg.split("=", 1)[0] == "--screenshot" for arg in rest)
 
 
 def _without_global_options(argv: list[str]) -> list[str]:

@@ -26,6 +26,12 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "podlab/resources/catalog.yaml" in names
     assert "podlab/resources/icons/podlab.svg" in names
+    assert {  # the desktop files, for a package that installs them from the wheel
+        "podlab/resources/io.github.podlab.Podlab.desktop",
+        "podlab/resources/io.github.podlab.Podlab.metainfo.xml",
+        "podlab/resources/mime/io.github.podlab.Podlab.xml",
+        "podlab/resources/icons/hicolor/512x512/apps/io.github.podlab.Podlab.png",
+    } <= names
     assert "podlab/recipes/model_servers/llamacpp_python/Containerfile" in names
     for recipe in ("chatbot", "rag", "summarizer"):
         # The app's Streamlit settings (XSRF protection on) travel with it, hidden folder and all.

@@ -1,7 +1,8 @@
 """Application bootstrap: one QApplication, one asyncio loop on it (qasync), one main window.
 
 `podlab --screenshot FILE [--page NAME] [--size WxH]` renders the window offscreen to a PNG
-and exits: used by tests, by the README and by reviewers.
+and exits: used by tests, by the README and by reviewers. `podlab [FILE.gguf...]` opens the
+window, or hands the files to the window already open (one window per user), and imports them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ def parse_gui_args(argv: list[str]) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="podlab", description="Open the Podlab window.")
     parser.add_argument("--screenshot", metavar="FILE", help="render the window to a PNG and exit")
-    parser.add_argument("--page", choices=PAGE_KEYS, default="dashboard", help="page to show")
+    parser.add_argument(
+        "files", nargs="*", metavar="FILE.gguf", help="GGUF models to import (as `podlab FILE`)"
+    )
+    parser.add_argument(
+        "--page", choices=PAGE_KEYS, help="page to show (default: the last one, or the Dashboard)"
+    )
     parser.add_argument("--size", default="x".join(map(str, DEFAULT_SIZE)), metavar="WxH")
     add_log_level_option(parser)
     args = parser.parse_args(argv)
@@ -55,8 +61,10 @@ def run_gui(argv: list[str]) -> int:
 
     from podlab.core.lab import Lab
     from podlab.core.logs import close_logging, configure_logging
+    from podlab.core.paths import Locations
     from podlab.ui.crash import ErrorReporter
     from podlab.ui.main_window import MainWindow, window_icon
+    from podlab.ui.single_instance import hand_over, launch_files, server_name
     from podlab.ui.theme import apply_theme
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -64,6 +72,11 @@ def run_gui(argv: list[str]) -> int:
     app.setApplicationName("Podlab")
     app.setApplicationVersion(__version__)
     app.setDesktopFileName("io.github.podlab.Podlab")
+    instance_name = server_name(Locations.default())
+    files = launch_files(args.files)
+    if not args.screenshot and hand_over(instance_name, files):
+        print("podlab: handed over to the Podlab window already open")
+        return 0
     lab = Lab.open()
     log_path = configure_logging(args.log_level, lab.locations)
     reporter = ErrorReporter(log_path, app)
@@ -71,6 +84,12 @@ def run_gui(argv: list[str]) -> int:
     apply_theme(app, lab.settings.theme)
     window = MainWindow(lab)
     window.resize(args.width, args.height)
+    remembered_page = None
+    if not args.screenshot:  # screenshots stay the same whatever the user did last
+        from podlab.ui.window_state import STATE_FILE_NAME, WindowStateKeeper
+
+        keeper = WindowStateKeeper(window, lab.locations.state_dir / STATE_FILE_NAME)
+        remembered_page = keeper.restore()
     quit_before_loop: list[bool] = []
     app.aboutToQuit.connect(lambda: quit_before_loop.append(True))
     if not args.screenshot:
@@ -90,7 +109,8 @@ def run_gui(argv: list[str]) -> int:
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     reporter.install_loop(loop)
-    window.show_page(args.page)
+    first_page = args.page or ("models" if files else remembered_page) or "dashboard"
+    window.show_page(first_page)
     # Everything made so far lives as long as the app: keep it out of the collector's full
     # passes, which otherwise stall a streaming render for 20-35 ms now and then.
     gc.freeze()
@@ -99,7 +119,16 @@ def run_gui(argv: list[str]) -> int:
 
     from podlab.ui import background
     from podlab.ui.engine_status import watch_engine
+    from podlab.ui.notify import TaskNotifier
+    from podlab.ui.single_instance import InstanceServer, open_launch_files
 
+    keeper.watch()
+    instance = InstanceServer(instance_name, window)
+    instance.listen()
+    instance.sig_launched.connect(lambda later: _on_later_launch(window, later))
+    notifier = TaskNotifier(lab, window)
+    window.on_close(notifier.detach)
+    open_launch_files(window, files)
     _quit_on_signals(app)
     with loop:
         quit_event = asyncio.Event()
@@ -110,6 +139,13 @@ def run_gui(argv: list[str]) -> int:
     reporter.uninstall()
     close_logging()
     return 0
+
+
+def _on_later_launch(window: MainWindow, files: list[str]) -> None:
+    from podlab.ui.single_instance import bring_forward, open_launch_files
+
+    bring_forward(window)
+    open_launch_files(window, files)
 
 
 def _quit_on_signals(app: QApplication) -> None:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSignalBlocker, QSize, Signal
+from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -72,6 +73,7 @@ class MainWindow(QMainWindow):
 
         self.nav = QListWidget()
         self.nav.setObjectName("navigation")
+        self.nav.setAccessibleName("Pages")
         self.nav.setIconSize(QSize(20, 20))
         self.nav.setFixedWidth(180)
         self.nav.setSpacing(2)
@@ -127,6 +129,10 @@ class MainWindow(QMainWindow):
             self._pages[key] = widget
         return self._pages[key]
 
+    def page_if_built(self, key: str) -> QWidget | None:
+        """The page for `key` if it was opened already (never builds one)."""
+        return self._pages.get(key)
+
     def finish_start(self) -> None:
         """Icons and shortcuts, added right after the first paint (QStyle's and QKeySequence's
         enums take a few milliseconds to build, and the window can show without them)."""
@@ -137,7 +143,21 @@ class MainWindow(QMainWindow):
             pixmap = getattr(QStyle.StandardPixmap, page.icon)
             self.nav.item(index).setIcon(self.style().standardIcon(pixmap))
             shortcut = QShortcut(QKeySequence(f"Ctrl+{index + 1}"), self)
+            shortcut.setWhatsThis(f"Show the {page.title} page")
             shortcut.activated.connect(lambda row=index: self.nav.setCurrentRow(row))
+        for keys in ("F1", "Ctrl+/"):
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.setWhatsThis("List the keyboard shortcuts")
+            shortcut.activated.connect(self.show_shortcuts)
+
+    def show_shortcuts(self) -> QDialog:
+        """Open the keyboard shortcut list (F1 or Ctrl+/) and return it."""
+        from podlab.ui.dialogs.shortcuts import ShortcutsDialog
+
+        dialog = ShortcutsDialog(self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
 
     def show_page(self, key: str) -> QWidget:
         self.finish_start()

@@ -79,6 +79,7 @@ class NewServiceDialog(QDialog):
         self.model_combo.addItem("A GGUF file on this computer…", "")
         self.path_edit = QLineEdit()
         self.path_edit.setObjectName("model-path")
+        self.path_edit.setAccessibleName("GGUF file to serve")
         self.path_edit.setPlaceholderText("/path/to/model.gguf")
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)

@@ -182,6 +182,7 @@ class CatalogDetails(QWidget):
         self.subtitle.setEnabled(False)
 
         self.variant_combo = QComboBox()
+        self.variant_combo.setAccessibleName("Quantization")
         self.variant_combo.setToolTip("The file to download: one per quantization")
         self.variant_combo.currentIndexChanged.connect(self._on_variant_index)
         self.download_button = QPushButton("Download")
@@ -225,6 +226,7 @@ class CatalogDetails(QWidget):
             form.addRow(label, value)
         # A digest has no place to wrap: a frameless read-only line scrolls and copies whole.
         self.sha_field = QLineEdit()
+        self.sha_field.setAccessibleName("SHA-256 of the file")
         self.sha_field.setReadOnly(True)
         self.sha_field.setFrame(False)
         self.sha_field.setStyleSheet("QLineEdit { background: transparent; }")
@@ -242,6 +244,7 @@ class CatalogDetails(QWidget):
             form.setWidget(0, QFormLayout.ItemRole.FieldRole, holder)
 
         self.card = ModelCardView()
+        self.card.setAccessibleName("Model card")
         self.card.setMinimumHeight(120)
         self.empty = QLabel("Select a model to see its card, its files and whether it fits.")
         self.empty.setWordWrap(True)
@@ -405,6 +408,7 @@ class CatalogPage(QWidget):
 
         self.banner = ErrorBanner()
         self.search = QLineEdit()
+        self.search.setAccessibleName("Search the catalog")
         self.search.setPlaceholderText("Search name, publisher, description…")
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(lambda text: self.proxy.update(text=text))
@@ -440,6 +444,7 @@ class CatalogPage(QWidget):
         self.count_label.setEnabled(False)
 
         self.table = QTableView()
+        self.table.setAccessibleName("Catalog models")
         self.table.setObjectName("catalog-table")
         self.table.setModel(self.proxy)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

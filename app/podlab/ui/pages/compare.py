@@ -128,9 +128,11 @@ class PaneWidget(QFrame):
 
         self.picker = EndpointPicker(compact=True)
         self.label_edit = QLineEdit()
+        self.label_edit.setAccessibleName("Pane label")
         self.label_edit.setObjectName("pane-label")
         self.label_edit.setPlaceholderText("name shown and rated (default: the model)")
         self.system_prompt = QPlainTextEdit()
+        self.system_prompt.setAccessibleName("Pane system prompt")
         self.system_prompt.setObjectName("pane-system-prompt")
         self.system_prompt.setPlaceholderText("System prompt (optional)")
         self.system_prompt.setTabChangesFocus(True)
@@ -295,6 +297,7 @@ class ComparePage(QWidget):
         vote_layout.addStretch(1)
         self.vote_bar.hide()
         self.prompt = QPlainTextEdit()
+        self.prompt.setAccessibleName("Prompt for every pane")
         self.prompt.setObjectName("compare-prompt")
         self.prompt.setPlaceholderText("One prompt for every pane…  (Ctrl+Enter sends)")
         self.prompt.setTabChangesFocus(True)
@@ -325,6 +328,7 @@ class ComparePage(QWidget):
 
         # -- prompt set tab
         self.prompts_edit = QPlainTextEdit()
+        self.prompts_edit.setAccessibleName("Prompt set, one prompt per line")
         self.prompts_edit.setObjectName("prompt-set")
         self.prompts_edit.setPlaceholderText(
             "One prompt per line, or load a file (text, JSON, YAML)"
@@ -343,10 +347,12 @@ class ComparePage(QWidget):
         set_top.addWidget(self.prompts_edit, 1)
         set_top.addLayout(set_buttons)
         self.summary_table = self._table(
-            ["Pane", "Complete", "Failed", "Mean tok/s", "Mean TTFT", "Fastest"]
+            "Prompt set summary",
+            ["Pane", "Complete", "Failed", "Mean tok/s", "Mean TTFT", "Fastest"],
         )
         self.results_table = self._table(
-            ["#", "Prompt", "Pane", "State", "TTFT", "Tokens", "Tok/s", "Total", "Fastest"]
+            "Every answer",
+            ["#", "Prompt", "Pane", "State", "TTFT", "Tokens", "Tok/s", "Total", "Fastest"],
         )
         set_tab = QWidget()
         set_layout = QVBoxLayout(set_tab)
@@ -358,7 +364,7 @@ class ComparePage(QWidget):
 
         # -- leaderboard tab
         self.leaderboard_table = self._table(
-            ["Rank", "Name", "Elo", "Games", "Won", "Lost", "Tied"]
+            "Leaderboard", ["Rank", "Name", "Elo", "Games", "Won", "Lost", "Tied"]
         )
         self.leaderboard_note = QLabel(
             "Ratings come from blind votes: turn on Blind, send a prompt, pick the better answer."
@@ -383,9 +389,11 @@ class ComparePage(QWidget):
 
         for combo in (("Ctrl+Return", self.send), ("Ctrl+Enter", self.send)):
             shortcut = QShortcut(QKeySequence(combo[0]), self)
+            shortcut.setWhatsThis("Send the prompt to every pane")
             shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(combo[1])
         stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
+        stop.setWhatsThis("Stop every pane")
         stop.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         stop.activated.connect(self.stop)
 
@@ -400,8 +408,9 @@ class ComparePage(QWidget):
     # -- plumbing ----------------------------------------------------------------------------
 
     @staticmethod
-    def _table(headers: list[str]) -> QTableWidget:
+    def _table(name: str, headers: list[str]) -> QTableWidget:
         table = QTableWidget(0, len(headers))
+        table.setAccessibleName(name)
         table.setHorizontalHeaderLabels(headers)
         table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

@@ -144,6 +144,7 @@ class ModelsPage(QWidget):
         self.disk_label = QLabel()
         self.disk_label.setEnabled(False)
         self.search = QLineEdit()
+        self.search.setAccessibleName("Search the models")
         self.search.setPlaceholderText("Search models…")
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self.proxy.set_text)
@@ -173,6 +174,7 @@ class ModelsPage(QWidget):
         self.notice.hide()
 
         self.table = QTableView()
+        self.table.setAccessibleName("Models on this machine")
         self.table.setObjectName("models-table")
         self.table.setModel(self.proxy)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

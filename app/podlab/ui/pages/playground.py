@@ -193,6 +193,7 @@ class PlaygroundPage(QWidget):
         # A one-column tree view: unlike QListView it elides long titles to its width.
         self.list_view = QTreeView()
         self.list_view.setObjectName("conversations")
+        self.list_view.setAccessibleName("Conversations")
         self.list_view.setModel(self.conversations)
         self.list_view.setHeaderHidden(True)
         self.list_view.setRootIsDecorated(False)
@@ -207,6 +208,7 @@ class PlaygroundPage(QWidget):
         self.list_view.clicked.connect(self._on_conversation_clicked)
         self.list_view.activated.connect(self._on_conversation_clicked)
         self.search_edit = QLineEdit()
+        self.search_edit.setAccessibleName("Search the conversations")
         self.search_edit.setObjectName("conversation-search")
         self.search_edit.setPlaceholderText("Search conversations")
         self.search_edit.setClearButtonEnabled(True)
@@ -269,6 +271,7 @@ class PlaygroundPage(QWidget):
         self.edit_banner.hide()
         self.edit_cancel.hide()
         self.prompt = QPlainTextEdit()
+        self.prompt.setAccessibleName("Message")
         self.prompt.setObjectName("prompt")
         self.prompt.setPlaceholderText("Write a prompt…  (Ctrl+Enter sends)")
         self.prompt.setTabChangesFocus(True)
@@ -314,6 +317,7 @@ class PlaygroundPage(QWidget):
 
         # -- right: system prompt and parameters
         self.system_prompt = QPlainTextEdit()
+        self.system_prompt.setAccessibleName("System prompt")
         self.system_prompt.setObjectName("system-prompt")
         self.system_prompt.setPlaceholderText("You are a helpful assistant.")
         self.system_prompt.setTabChangesFocus(True)
@@ -351,12 +355,15 @@ class PlaygroundPage(QWidget):
         layout.addWidget(splitter)
 
         send = QShortcut(QKeySequence("Ctrl+Return"), self)
+        send.setWhatsThis("Send the message")
         send.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         send.activated.connect(self.send)
         send_enter = QShortcut(QKeySequence("Ctrl+Enter"), self)
+        send_enter.setWhatsThis("Send the message")
         send_enter.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         send_enter.activated.connect(self.send)
         stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
+        stop.setWhatsThis("Stop the answer")
         stop.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         stop.activated.connect(self.stop)
 

@@ -118,6 +118,7 @@ class ServicesPage(QWidget):
 
         self.model = ServiceTableModel(self)
         self.table = QTableView()
+        self.table.setAccessibleName("Services")
         self.table.setObjectName("services-table")
         self.table.setModel(self.model)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

@@ -34,6 +34,7 @@ class SnippetPane(QWidget):
         self._owner = owner
         self.code = QPlainTextEdit()
         self.code.setObjectName(f"snippet-{snippet_key}")
+        self.code.setAccessibleName(f"Client code: {snippet_key}")
         self.code.setReadOnly(True)
         self.code.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.code.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
@@ -108,6 +109,7 @@ class ServiceDetails(QWidget):
         self.follow_check = QCheckBox("Follow")
         self.follow_check.setChecked(True)
         self.log_view = QPlainTextEdit()
+        self.log_view.setAccessibleName("Service log")
         self.log_view.setObjectName("service-log")
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(LOG_LINES_KEPT)
