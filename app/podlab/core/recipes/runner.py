@@ -38,6 +38,7 @@ from podlab.core.recipes.catalog import RecipeEntry
 from podlab.core.recipes.spec import ContainerRole, RecipeContainer
 from podlab.core.serving.backends.podman import build_model_server_image, model_server_context
 from podlab.core.serving.container_spec import (
+    API_KEY_SECRET,
     LABEL_MANAGED,
     LABEL_VERSION,
     LOOPBACK,
@@ -359,11 +360,12 @@ class RecipeRunner:
             container_spec.pod = run.pod
             container_spec.ports = []
             container_spec.labels = {**labels, LABEL_RUN_CONTAINER: container.name}
-            if container.role in (ContainerRole.MODEL_SERVICE, ContainerRole.EMBEDDING_SERVICE):
-                container_spec.env.update({"PODLAB_API_KEY": api_key, "LLAMA_API_KEY": api_key})
-            elif container.role is ContainerRole.APP:
-                container_spec.env["MODEL_ENDPOINT_BEARER"] = api_key
-            await self.engine.call(client.containers.create, **container_spec.to_podman_kwargs())
+            if container.role is ContainerRole.APP:
+                container_spec.secret_env["MODEL_ENDPOINT_BEARER"] = API_KEY_SECRET
+            # The model services name the key in their spec (model_server_spec); its value
+            # goes only into the created containers, never into the spec an export reads.
+            kwargs = container_spec.to_podman_kwargs(secrets={API_KEY_SECRET: api_key})
+            await self.engine.call(client.containers.create, **kwargs)
         pod = await self.engine.call(client.pods.get, run.pod)
         await self.engine.call(pod.start)
 
