@@ -623,6 +623,19 @@ class ConversationStore:
         with self._transaction() as db:
             db.execute("DELETE FROM votes WHERE id = ?", (vote_id,))
 
+    def delete_votes_of(self, player: str) -> int:
+        """Forget every vote `player` took part in (a leaderboard row deleted: the others are
+        rated again without those games); returns how many votes went."""
+        doomed = [vote.id for vote in self.votes() if player in vote.players]
+        with self._transaction() as db:
+            db.executemany("DELETE FROM votes WHERE id = ?", [(ident,) for ident in doomed])
+        return len(doomed)
+
+    def clear_votes(self) -> int:
+        """Reset the leaderboard: forget every vote; returns how many there were."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM votes").rowcount
+
 
 class AnswerWriter:
     """Writes one streaming assistant answer into the store as it grows.
