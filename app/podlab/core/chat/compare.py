@@ -56,6 +56,7 @@ from podlab.core.chat.client import (
 from podlab.core.chat.conversations import ConversationStore, VoteRecord
 from podlab.core.chat.energy import EnergyMeter, Measurement, tokens_per_joule
 from podlab.core.errors import PodlabError
+from podlab.core.text import plural, readable_time
 
 __all__ = [
     "ELO_INITIAL",
@@ -442,7 +443,7 @@ class RoundResult:
 
     def to_markdown(self, *, heading: str = "Comparison") -> str:
         lines = [f"# {heading}", "", f"**Prompt:** {self.prompt}", ""]
-        lines.append(f"_mode {self.mode}, {self.to_dict()['started']}, {self.total_s:.2f} s_")
+        lines.append(f"_mode {self.mode}, {readable_time(self.started)}, {self.total_s:.2f} s_")
         lines += ["", *_metrics_table(self.panes), ""]
         for pane in self.panes:
             star = " (fastest)" if pane.fastest else ""
@@ -523,7 +524,12 @@ class PromptSetResult:
         }
 
     def to_markdown(self) -> str:
-        lines = ["# Prompt set", "", f"_{len(self.rounds)} prompts, mode {self.mode}_", ""]
+        lines = [
+            "# Prompt set",
+            "",
+            f"_{plural(len(self.rounds), 'prompt')}, mode {self.mode}_",
+            "",
+        ]
         headers = ["Pane", "Complete", "Failed", "Mean tokens/s", "Mean TTFT ms", "Fastest"]
         lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for row in self.summary():

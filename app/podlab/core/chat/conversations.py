@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from podlab.core.errors import PodlabError
 from podlab.core.paths import private_file
+from podlab.core.text import readable_time
 
 __all__ = [
     "MESSAGE_STATES",
@@ -534,7 +535,7 @@ class ConversationStore:
     def export_markdown(self, conversation_id: int) -> str:
         conversation = self.get_conversation(conversation_id)
         lines = [f"# {conversation.title}", ""]
-        facts = [f"Created {_iso(conversation.created)}"]
+        facts = [f"Created {readable_time(conversation.created)}"]
         if conversation.model:
             facts.append(f"model `{conversation.model}`")
         if conversation.endpoint:

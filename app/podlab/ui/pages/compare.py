@@ -72,6 +72,7 @@ from podlab.core.chat.energy import EnergyMeter
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text
+from podlab.core.text import plural
 from podlab.ui import background
 from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.chat_view import ChatView, MessageWidget, format_ms
@@ -606,6 +607,7 @@ class ComparePage(QWidget):
             pane.set_blind(blind, HIDDEN_TITLE)
         self._show_order(list(range(len(self.panes))))
         self._refresh_titles()
+
     def _show_order(self, order: list[int]) -> None:
         """Lay the panes out in display order (`order[slot] == pane index`)."""
         for slot, index in enumerate(order):
@@ -751,8 +753,7 @@ class ComparePage(QWidget):
         if fastest is not None:
             answer_s = result.panes[fastest].answer_s or 0.0
             parts.append(
-                f"fastest: {comparison.display_name(fastest)}"
-                f" (complete answer in {answer_s:.1f} s)"
+                f"fastest: {comparison.display_name(fastest)} (complete answer in {answer_s:.1f} s)"
             )
         parts += result.waits(comparison.display_name)
         if result.energy_j is not None:
@@ -827,7 +828,9 @@ class ComparePage(QWidget):
             return
         self.prompt_set = outcome
         self._fill_summary(outcome)
-        self.show_status(f"Prompt set done: {len(prompts)} prompts × {len(self.panes)} panes")
+        self.show_status(
+            f"Prompt set done: {plural(len(prompts), 'prompt')} × {len(self.panes)} panes"
+        )
 
     def _add_result_rows(self, index: int, result: RoundResult) -> None:
         for pane in result.panes:
@@ -954,12 +957,12 @@ class ComparePage(QWidget):
     def delete_player(self, player: str) -> None:
         count = self.store.delete_votes_of(player)
         self.refresh_leaderboard()
-        self.show_status(f"Deleted {player} from the leaderboard ({_plural(count, 'vote')}).")
+        self.show_status(f"Deleted {player} from the leaderboard ({plural(count, 'vote')}).")
 
     def reset_leaderboard(self) -> None:
         count = self.store.clear_votes()
         self.refresh_leaderboard()
-        self.show_status(f"The leaderboard is reset ({_plural(count, 'vote')} forgotten).")
+        self.show_status(f"The leaderboard is reset ({plural(count, 'vote')} forgotten).")
 
     def refresh_leaderboard(self) -> None:
         if self._closed:
@@ -1037,10 +1040,6 @@ class ComparePage(QWidget):
     def show_status(self, text: str, error: bool = False) -> None:
         self.status_label.setText(text)
         self.status_label.setStyleSheet("QLabel { color: #c0392b; }" if error else "")
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _rate(metrics: Metrics | None) -> str:
