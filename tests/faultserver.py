@@ -125,8 +125,12 @@ class FaultServer:
         default_scenario: str = "normal",
         models: tuple[str, ...] = ("fault-model", "second-model"),
         api_key: str | None = None,
+        one_at_a_time: bool = False,
     ) -> None:
         self.port = port
+        self.one_at_a_time = one_at_a_time
+        """Answer one completion at a time, the others wait (as a local llama.cpp server)."""
+        self._turn: asyncio.Lock | None = None
         self.default_scenario = default_scenario
         self.models = models
         self.api_key = api_key
@@ -300,7 +304,13 @@ class FaultServer:
             return True
         if request.method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             body = request.body if isinstance(request.body, dict) else {}
-            return await self._completion(request, body, path.endswith("chat/completions"), writer)
+            chat = path.endswith("chat/completions")
+            if not self.one_at_a_time:
+                return await self._completion(request, body, chat, writer)
+            if self._turn is None:
+                self._turn = asyncio.Lock()
+            async with self._turn:
+                return await self._completion(request, body, chat, writer)
         await self._json(writer, 404, {"error": {"message": f"no route {path}", "code": 404}})
         return True
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QLayout, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLayout, QMessageBox, QVBoxLayout, QWidget
 
 from podlab.core.chat.compare import RoundResult
 from podlab.core.lab import Lab
@@ -244,3 +244,173 @@ def test_compare_two_settings_on_a_real_llama_server(
     # One server: the panes took turns.
     assert result.panes[1].started_s >= result.panes[0].finished_s
     assert result.fastest in (0, 1)
+
+
+def test_two_settings_of_one_model_are_told_apart_and_rated_under_two_names(
+    qtbot: Any, page: ComparePage, servers: tuple[FaultServer, FaultServer]
+) -> None:
+    first, _second = servers
+    set_panes(page, (first.url, "normal"), (first.url, "normal"))
+    cold, warm = page.panes
+    cold.params_form.temperature.setValue(0.2)
+    warm.params_form.temperature.setValue(0.9)
+    # The headers say what differs before anything is sent.
+    assert [p.title.text() for p in page.panes] == ["normal · T=0.2", "normal · T=0.9"]
+    page.blind_check.setChecked(True)
+    run_round(qtbot, page, "Which is better?")
+    assert page.vote_bar.isVisible() and page.vote_buttons[0].isEnabled()
+    page.vote_buttons[0].click()
+    assert "leaderboard is updated" in page.status_label.text()
+    votes = page.store.votes()
+    assert len(votes) == 1 and votes[0].players == ["normal · T=0.2", "normal · T=0.9"]
+    page.tabs.setCurrentIndex(2)
+    table = page.leaderboard_table
+    names = {table.item(row, 1).text(): table.item(row, 3).text() for row in range(2)}
+    assert names == {"normal · T=0.2": "1", "normal · T=0.9": "1"}  # one game each
+
+
+def test_a_vote_that_cannot_count_is_refused_before_it_is_taken(
+    qtbot: Any, page: ComparePage, servers: tuple[FaultServer, FaultServer]
+) -> None:
+    first, _second = servers
+    set_panes(page, (first.url, "normal"), (first.url, "http_error?status=503"))
+    page.blind_check.setChecked(True)
+    run_round(qtbot, page, "Who answers?")
+    assert page.vote_bar.isVisible()
+    assert "No vote:" in page.vote_label.text() and "did not answer" in page.vote_label.text()
+    assert not any(button.isEnabled() for button in page.vote_buttons)
+    assert not page.tie_button.isEnabled()
+    page.vote_slot(0)  # even when asked directly
+    assert "not taken" in page.status_label.text()
+    assert page.store.votes() == []
+
+
+def test_ticking_blind_hides_names_and_history_at_once_and_rounds_start_empty(
+    qtbot: Any, page: ComparePage, servers: tuple[FaultServer, FaultServer]
+) -> None:
+    first, second = servers
+    set_panes(page, (first.url, "echo"), (second.url, "normal"))
+    page.panes[0].label_edit.setText("alpha")
+    page.panes[1].label_edit.setText("beta")
+    run_round(qtbot, page, "A named round")
+    assert all(len(p.chat.messages()) == 2 for p in page.panes)
+    page.blind_check.setChecked(True)
+    for pane in page.panes:  # at once, before any send
+        assert pane.title.text() == "Hidden model"
+        assert pane.chat.messages() == [] and pane.pane.history == []
+        assert not pane.picker.isVisible()
+    run_round(qtbot, page, "Blind one")
+    for pane in page.panes:
+        texts = [m.text() for m in pane.chat.messages()]
+        assert texts[0] == "Blind one" and len(texts) == 2  # no earlier, named round
+        assert "alpha" not in pane.title.text() and "beta" not in pane.title.text()
+    echo = next(p for p in page.panes if p.pane.label == "alpha")
+    assert echo.answer.text() == "echo: Blind one | messages=1"  # no history was sent
+    page.vote_buttons[0].click()
+    run_round(qtbot, page, "Blind two")  # the revealed round is gone from the panes again
+    for pane in page.panes:
+        assert pane.chat.messages()[0].text() == "Blind two"
+
+
+def test_fastest_is_the_complete_answer_and_waits_on_one_server_are_said(
+    qtbot: Any, page: ComparePage
+) -> None:
+    with serve_in_thread(one_at_a_time=True) as server:
+        # Pane 1 needs about 0.5 s; pane 2 0.3 s once the server takes it, after pane 1.
+        set_panes(
+            page,
+            (server.url, "synthetic?tokens=20&tps=40"),
+            (server.url, "synthetic?tokens=12&tps=40"),
+        )
+        result = run_round(qtbot, page, "Go")
+    first, second = page.panes
+    assert result.fastest == 1 and second.badge.isVisible() and not first.badge.isVisible()
+    assert second.badge.text().startswith("★ fastest (complete answer in 0.")
+    assert "waiting for another pane" in second.badge.toolTip()
+    status = page.status_label.text()
+    assert "waited" in status and "on the same server" in status
+
+
+@pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
+def test_leaderboard_rows_can_be_deleted_and_the_board_reset(qtbot: Any, page: ComparePage) -> None:
+    page.store.add_vote(["a", "b"], 0)
+    page.store.add_vote(["b", "c"], 0)
+    page.tabs.setCurrentIndex(2)
+    table = page.leaderboard_table
+    assert table.rowCount() == 3 and not page.delete_row_button.isEnabled()
+    row = next(r for r in range(3) if table.item(r, 1).text() == "a")
+    table.selectRow(row)
+    assert page.delete_row_button.isEnabled()
+    page.delete_row_button.click()
+    qtbot.waitUntil(lambda: page.active_dialog is not None and page.active_dialog.isVisible())
+    box = page.active_dialog
+    confirm = next(b for b in box.buttons() if b.text() == "Delete")
+    qtbot.mouseClick(confirm, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: table.rowCount() == 2)
+    assert {table.item(r, 1).text() for r in range(2)} == {"b", "c"}
+    assert "1 vote)" in page.status_label.text()
+    page.reset_board_button.click()
+    qtbot.waitUntil(lambda: page.active_dialog is not None and page.active_dialog.isVisible())
+    box = page.active_dialog
+    qtbot.mouseClick(box.button(QMessageBox.StandardButton.Cancel), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.active_dialog is None)
+    assert table.rowCount() == 2  # cancelled
+    page.reset_board_button.click()
+    qtbot.waitUntil(lambda: page.active_dialog is not None and page.active_dialog.isVisible())
+    confirm = next(b for b in page.active_dialog.buttons() if b.text() == "Reset")
+    qtbot.mouseClick(confirm, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: table.rowCount() == 0)
+    assert page.store.votes() == []
+
+
+def test_the_pane_hint_goes_once_an_endpoint_is_picked(
+    qtbot: Any, page: ComparePage, servers: tuple[FaultServer, FaultServer]
+) -> None:
+    pane = page.panes[0]
+    hint = pane.chat._placeholder
+    assert hint.isVisible()
+    pane.picker.set_endpoint(servers[0].url, "normal")
+    assert not hint.isVisible()
+    assert page.panes[1].chat._placeholder.isVisible()
+
+
+def test_the_panes_come_back_after_a_restart(
+    qtbot: Any, qloop: Any, servers: tuple[FaultServer, FaultServer]
+) -> None:
+    first, second = servers
+    lab = Lab.open()
+    page = ComparePage(lab)
+    qtbot.addWidget(page)
+    page.add_pane()
+    set_panes(page, (first.url, "normal"), (second.url, "echo"), (first.url, "normal"))
+    page.panes[0].params_form.temperature.setValue(0.3)
+    page.panes[2].params_form.temperature.setValue(1.1)
+    page.panes[1].label_edit.setText("the echo")
+    page.panes[1].system_prompt.setPlainText("Be brief.")
+    page.mode_combo.setCurrentIndex(page.mode_combo.findData("per-server"))
+    page.shutdown()
+    page.deleteLater()
+    lab.close()
+    session = lab.locations.session_file
+    assert session.stat().st_mode & 0o777 == 0o600
+
+    again = Lab.open(lab.locations)
+    restored = ComparePage(again)
+    qtbot.addWidget(restored)
+    try:
+        assert len(restored.panes) == 3
+        assert [p.picker.endpoint() for p in restored.panes] == [first.url, second.url, first.url]
+        assert [p.picker.model() for p in restored.panes] == ["normal", "echo", "normal"]
+        assert restored.panes[0].params_form.params().temperature == pytest.approx(0.3)
+        assert restored.panes[2].params_form.params().temperature == pytest.approx(1.1)
+        assert restored.panes[1].label_edit.text() == "the echo"
+        assert restored.panes[1].system_prompt.toPlainText() == "Be brief."
+        assert restored.mode_combo.currentData() == "per-server"
+        assert [p.title.text() for p in restored.panes] == [
+            "normal · T=0.3",
+            "the echo",
+            "normal · T=1.1",
+        ]
+    finally:
+        restored.shutdown()
+        again.close()

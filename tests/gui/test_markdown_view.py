@@ -173,6 +173,26 @@ def test_growing_paragraphs_take_the_fast_path_and_render_the_same(qapp: Any) ->
         assert renderer.stats.plain_appends > renderer.stats.renders // 2
 
 
+HAIKU = "An old silent pond\nA frog jumps into the pond\nSplash! Silence again.\n"
+
+
+def test_a_single_newline_is_a_line_break_as_in_chat_apps(qapp: Any) -> None:
+    full = QTextDocument()
+    render_once(full, HAIKU, theme())
+    lines = ["An old silent pond", "A frog jumps into the pond", "Splash! Silence again."]
+    # One paragraph (one block) whose lines are kept, not joined by spaces.
+    assert full.blockCount() == 1
+    assert full.toPlainText().split("\n") == lines
+    for size in (1, 4):
+        document = QTextDocument()
+        renderer = IncrementalRenderer(document, theme())
+        for i in range(0, len(HAIKU), size):
+            renderer.append(HAIKU[i : i + size])
+            renderer.render()
+        renderer.finish()
+        assert document.toHtml() == full.toHtml(), f"pieces of {size}"
+
+
 def test_work_is_linear_and_finished_blocks_are_written_once(qapp: Any) -> None:
     short = mixed(random.Random(7), 100)
     long = mixed(random.Random(7), 400)

@@ -294,3 +294,69 @@ def test_playground_with_a_real_llama_server(
     assert "length" in answer.figures.text() or "stop" in answer.figures.text()
     last = stored(page)[-1]
     assert last.state == "complete" and 0 < last.metrics["tokens"] <= 24
+
+
+def test_the_streaming_badge_is_a_note_not_a_button(
+    qtbot: Any, page: PlaygroundPage, fault_server: FaultServer
+) -> None:
+    use(page, fault_server.url, "synthetic?tokens=200&tps=100")
+    answer = send(qtbot, page, "Slowly")
+    assert answer.badge.text() == "streaming…" and answer.badge.isVisible()
+    assert "border" not in answer.badge.styleSheet()
+    page.stop()
+    wait_answer(qtbot, page)
+    assert answer.badge.text() == "interrupted" and "border" in answer.badge.styleSheet()
+
+
+def test_the_conversation_list_shows_readable_local_dates(
+    qtbot: Any, page: PlaygroundPage, fault_server: FaultServer
+) -> None:
+    use(page, fault_server.url, "normal")
+    send(qtbot, page, "When was this?")
+    wait_answer(qtbot, page)
+    tip = page.conversations.data(page.conversations.index(0), Qt.ItemDataRole.ToolTipRole)
+    assert "Last message today " in tip
+    assert time.strftime("%Y-%m-%d") not in tip  # no ISO date
+
+
+def test_the_last_conversation_and_endpoint_come_back_after_a_restart(
+    qtbot: Any, qloop: Any, fault_server: FaultServer
+) -> None:
+    lab = Lab.open()
+    page = PlaygroundPage(lab)
+    qtbot.addWidget(page)
+
+    def chat(prompt: str) -> None:
+        page.prompt.setPlainText(prompt)
+        task = page.send()
+        assert task is not None
+        qtbot.waitUntil(task.done, timeout=10000)
+
+    use(page, fault_server.url, "normal")
+    chat("Remember me")
+    remembered = page.conversation
+    assert remembered is not None
+    page.new_conversation()
+    chat("A second chat")
+    page.open_conversation(remembered.id)
+    use(page, fault_server.url, "echo")  # switched the model after the last answer
+    page.shutdown()
+    page.deleteLater()
+    lab.close()
+    assert lab.locations.session_file.stat().st_mode & 0o777 == 0o600
+
+    again = Lab.open(lab.locations)
+    restored = PlaygroundPage(again)
+    qtbot.addWidget(restored)
+    try:
+        assert restored.conversation is not None and restored.conversation.id == remembered.id
+        assert restored.list_view.currentIndex().row() == restored.conversations.row_of(
+            remembered.id
+        )
+        texts = [m.text() for m in restored.chat.messages()]
+        assert texts[0] == "Remember me" and len(texts) == 2
+        assert restored.picker.endpoint() == fault_server.url
+        assert restored.picker.model() == "echo"
+    finally:
+        restored.shutdown()
+        again.close()

@@ -29,6 +29,7 @@ from podlab.core.chat.compare import (
     elo_update,
     expected_score,
     load_prompts,
+    pane_names,
 )
 from podlab.core.chat.conversations import ConversationStore, VoteRecord
 from podlab.core.chat.energy import EnergyMeter, tokens_per_joule
@@ -97,6 +98,45 @@ class TestElo:
         ry, rx = elo_update(ry, rx, 1)
         rx, _ = elo_update(rx, 1000, 1)
         assert x.rating == pytest.approx(rx)
+
+
+class TestPaneNames:
+    pytestmark = pytest.mark.unit
+
+    def test_one_model_two_temperatures_named_by_the_temperature(self) -> None:
+        panes = [
+            Pane("http://127.0.0.1:8080", "SmolLM2", GenerationParams(temperature=0.2, seed=1)),
+            Pane("http://127.0.0.1:8080", "SmolLM2", GenerationParams(temperature=1.0, seed=1)),
+        ]
+        assert pane_names(panes) == ["SmolLM2 · T=0.2", "SmolLM2 · T=1"]
+
+    def test_different_models_keep_their_names_and_show_what_else_differs(self) -> None:
+        panes = [
+            Pane("http://h:1", "a"),
+            Pane("http://h:1", "b", GenerationParams(max_tokens=64)),
+            Pane("http://h:1", "c", system_prompt="Answer in French, please"),
+        ]
+        assert pane_names(panes) == [
+            "a",
+            "b · max tokens=64",
+            "c · system “Answer in Frenc…”",
+        ]
+
+    def test_only_the_endpoint_differs(self) -> None:
+        panes = [Pane("http://10.0.0.1:8000/v1", "m"), Pane("http://10.0.0.2:8000", "m")]
+        assert pane_names(panes) == ["m @ 10.0.0.1:8000", "m @ 10.0.0.2:8000"]
+
+    def test_labels_kept_unless_shared_and_names_always_distinct(self) -> None:
+        same = [Pane("http://h:1", "m", label="x"), Pane("http://h:1", "m", label="y")]
+        assert pane_names(same) == ["x", "y"]
+        clash = [
+            Pane("http://h:1", "m", GenerationParams(top_k=5), label="mine"),
+            Pane("http://h:1", "m", GenerationParams(top_k=9), label="mine"),
+        ]
+        assert pane_names(clash) == ["mine · top-k=5", "mine · top-k=9"]
+        twins = [Pane("http://h:1", "m"), Pane("http://h:1/v1", "m"), Pane("http://h:2", "n")]
+        names = pane_names(twins)
+        assert names == ["m (1)", "m (2)", "n"]
 
 
 class TestPromptsAndExport:
@@ -473,21 +513,44 @@ class TestModes:
         assert len(panes[0].history) == 4 and len(panes[1].history) == 4
         assert panes[0].history is not panes[1].history
 
-    async def test_fastest_by_tokens_per_second(
+    async def test_fastest_is_the_first_complete_answer_not_the_best_rate(
         self, servers: tuple[FaultServer, FaultServer]
     ) -> None:
         a, b = servers
         panes = [
-            Pane(a.url, "synthetic?tokens=10&tps=50"),
-            Pane(b.url, "synthetic?tokens=10&tps=200"),
-            Pane(a.url, "synthetic?tokens=10&tps=100"),
+            Pane(a.url, "synthetic?tokens=10&tps=50"),  # 0.2 s
+            Pane(b.url, "synthetic?tokens=10&tps=200"),  # 0.05 s
+            Pane(a.url, "synthetic?tokens=40&tps=250"),  # the best rate, but 0.16 s
         ]
         _events, result = await collect(Comparison(panes), "go", "parallel")
         assert result.fastest == 1
         assert [p.fastest for p in result.panes] == [False, True, False]
+        times = [p.answer_s for p in result.panes]
+        assert times[1] is not None and all(t is not None and t > times[1] for t in times[::2])
         rates = [p.metrics.tokens_per_s for p in result.panes if p.metrics]
         assert rates[0] == pytest.approx(50, rel=0.4)
         assert rates[1] == pytest.approx(200, rel=0.4)
+
+    async def test_waiting_for_another_pane_on_one_server_is_said_and_not_counted(
+        self,
+    ) -> None:
+        async with FaultServer(one_at_a_time=True) as server:
+            panes = [
+                Pane(server.url, "synthetic?tokens=20&tps=40"),  # about 0.5 s
+                Pane(server.url, "synthetic?tokens=12&tps=40"),  # about 0.3 s, once served
+            ]
+            for mode in ("parallel", "per-server"):
+                _events, result = await collect(Comparison(panes), "go", mode)
+                first, second = result.panes
+                assert first.waited_for is None and second.waited_for == 0, mode
+                assert second.waited_s >= 0.3, mode
+                # Its own answer took less than the other's: it is the fastest, although the
+                # user saw it finish last.
+                assert second.answer_s is not None and first.answer_s is not None
+                assert second.answer_s < first.answer_s < second.finished_s, mode
+                assert result.fastest == 1, mode
+                (line,) = result.waits()
+                assert line.startswith("pane 2 waited 0.") and "for pane 1 on the same" in line
 
     async def test_one_round_at_a_time(self, servers: tuple[FaultServer, FaultServer]) -> None:
         a, b = servers
@@ -536,6 +599,7 @@ class TestModes:
             assert comparison.display_name(1) == "beta"  # revealed
             with pytest.raises(PodlabError, match="already"):
                 comparison.vote(0)
+            assert comparison.vote_problem() == "this round already has a vote"
             board = comparison.leaderboard()
             assert board[0].name == "beta" and board[0].rating == pytest.approx(1032)
             assert store.votes()[0].comparison_id == result.comparison_id
@@ -546,6 +610,52 @@ class TestModes:
             assert comparison.display_name(0).startswith("Model ")
             comparison.vote(None)
             assert len(store.votes()) == 2
+
+    async def test_one_model_twice_is_rated_under_two_names(
+        self, servers: tuple[FaultServer, FaultServer], tmp_path: Path
+    ) -> None:
+        a, _b = servers
+        with ConversationStore(tmp_path / "db.sqlite3") as store:
+            panes = [
+                Pane(a.url, "normal", GenerationParams(temperature=0.2)),
+                Pane(a.url, "normal", GenerationParams(temperature=0.9)),
+            ]
+            comparison = Comparison(panes, store=store, blind=True, rng=random.Random(1))
+            _events, result = await collect(comparison, "hi", "parallel")
+            assert [p.label for p in result.panes] == ["normal · T=0.2", "normal · T=0.9"]
+            assert comparison.vote_problem() is None
+            comparison.vote(0)
+            board = {r.name: r for r in comparison.leaderboard()}
+            assert board["normal · T=0.2"].games == board["normal · T=0.9"].games == 1
+            assert board["normal · T=0.2"].rating > 1000
+
+    async def test_a_vote_that_cannot_count_is_refused_before_it_is_taken(
+        self, servers: tuple[FaultServer, FaultServer], tmp_path: Path
+    ) -> None:
+        a, b = servers
+        with ConversationStore(tmp_path / "db.sqlite3") as store:
+            panes = [Pane(a.url, "normal"), Pane(b.url, "http_error?status=503")]
+            comparison = Comparison(panes, store=store, blind=True, rng=random.Random(2))
+            await collect(comparison, "hi", "parallel")
+            problem = comparison.vote_problem()
+            broken = comparison.display_name(1)
+            assert problem is not None and problem.startswith(f"{broken} did not answer")
+            with pytest.raises(PodlabError, match="did not answer"):
+                comparison.vote(0)
+            assert store.votes() == []
+
+    async def test_a_blind_round_starts_from_empty_histories(
+        self, servers: tuple[FaultServer, FaultServer]
+    ) -> None:
+        a, b = servers
+        panes = [Pane(a.url, "echo"), Pane(b.url, "echo")]
+        comparison = Comparison(panes)
+        await collect(comparison, "named round", "parallel")
+        assert len(panes[0].history) == 2
+        comparison.blind = True
+        _events, result = await collect(comparison, "blind round", "parallel")
+        assert result.panes[0].text == "echo: blind round | messages=1"
+        assert [m["content"] for m in panes[0].history] == ["blind round", result.panes[0].text]
 
     async def test_prompt_set(self, servers: tuple[FaultServer, FaultServer]) -> None:
         a, b = servers

@@ -268,6 +268,11 @@ def test_comparisons_and_votes_are_stored(store: ConversationStore) -> None:
     assert store.votes()[0].comparison_id is None
     store.delete_vote(vote.id)
     assert len(store.votes()) == 1
+    store.add_vote(["b", "c"], 0)
+    store.add_vote(["c", "d"], 0)
+    assert store.delete_votes_of("a") == 1  # the leaderboard row "a" deleted
+    assert [v.players for v in store.votes()] == [["b", "c"], ["c", "d"]]
+    assert store.clear_votes() == 2 and store.votes() == []
     with pytest.raises(PodlabError):
         store.add_vote(["a"], 0)
     with pytest.raises(PodlabError):

@@ -16,6 +16,7 @@ from podlab.core.settings import LoadedSettings, Settings, load_settings
 if TYPE_CHECKING:
     from podlab.core.chat.conversations import ConversationStore
     from podlab.core.serving.engine import Engine
+    from podlab.core.session import Session
     from podlab.core.tasks import TaskManager
 
 
@@ -54,6 +55,13 @@ class Lab:
         from podlab.core.serving.engine import Engine
 
         return Engine(self.settings, locations=self.locations)
+
+    @cached_property
+    def session(self) -> Session:
+        """Where each page was left when Podlab last closed (read once, saved on change)."""
+        from podlab.core.session import Session
+
+        return Session.load(self.locations.session_file)
 
     @cached_property
     def conversations(self) -> ConversationStore:

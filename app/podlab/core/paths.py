@@ -52,6 +52,11 @@ class Locations:
         return self.data_dir / "podlab.sqlite3"
 
     @property
+    def session_file(self) -> Path:
+        """Where each page was left (conversation, endpoints, Compare's panes)."""
+        return self.state_dir / "session.json"
+
+    @property
     def log_dir(self) -> Path:
         """Logs of the processes Podlab starts (Podman service, local servers)."""
         return self.state_dir / "logs"

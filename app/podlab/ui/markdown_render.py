@@ -89,8 +89,10 @@ _PLAIN_TEXT = re.compile(r"[^\\`*_\[\]()<>!&~|;:\r\n\u200b]*")
 
 
 def make_markdown() -> MarkdownIt:
-    """CommonMark with raw HTML off, plus GFM tables and strikethrough."""
-    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+    """CommonMark with raw HTML off, plus GFM tables and strikethrough. A single newline is a
+    line break (`breaks`), as in chat apps: a model's poem or address keeps its lines."""
+    options = {"html": False, "breaks": True}
+    return MarkdownIt("commonmark", options).enable(["table", "strikethrough"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,9 +618,7 @@ class DocumentWriter:
             kind = child.type
             if kind == "text":
                 self._insert(child.content, fmt())
-            elif kind == "softbreak":
-                self._insert(" ", fmt())
-            elif kind == "hardbreak":
+            elif kind in ("hardbreak", "softbreak"):  # `breaks`: one newline is a line break
                 self._insert("\u2028", fmt())
             elif kind == "code_inline":
                 self._insert(child.content, fmt(code=True))

@@ -14,8 +14,15 @@ different servers run at the same time: a local server often serves one request 
 "sequential" (one pane after another). A failing pane never stops the others: its error is in
 its result. Closing the iterator cancels every pane and closes their connections.
 
-Blind mode shuffles the display order each round (`order[slot] == pane index`) and hides names
-(`display_name`) until `vote()`.
+Blind mode shuffles the display order each round (`order[slot] == pane index`), hides names
+(`display_name`) until `vote()`, and starts every round from empty histories: an earlier round,
+maybe seen with names, would tell who is who.
+
+Each pane is shown and rated under a name that tells it apart (`pane_names`): its label or
+model, plus the parameters that differ between the panes ("SmolLM2 · T=0.2"), the endpoint when
+that is all that differs. "Fastest" is the shortest time to the complete answer, counted from
+when the server took the request: time spent waiting for another pane on the same server (in
+turn-taking modes, or queued inside one server) is reported, not counted.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -47,6 +56,7 @@ from podlab.core.chat.client import (
 from podlab.core.chat.conversations import ConversationStore, VoteRecord
 from podlab.core.chat.energy import EnergyMeter, Measurement, tokens_per_joule
 from podlab.core.errors import PodlabError
+from podlab.core.text import plural, readable_time
 
 __all__ = [
     "ELO_INITIAL",
@@ -69,6 +79,7 @@ __all__ = [
     "elo_update",
     "expected_score",
     "load_prompts",
+    "pane_names",
 ]
 
 Mode = Literal["parallel", "per-server", "sequential"]
@@ -207,6 +218,91 @@ class Pane:
         }
 
 
+_PARAM_SHORT = {
+    "temperature": "T",
+    "top_p": "top-p",
+    "top_k": "top-k",
+    "min_p": "min-p",
+    "max_tokens": "max tokens",
+    "repeat_penalty": "repeat",
+    "presence_penalty": "presence",
+    "frequency_penalty": "frequency",
+    "n_ctx": "context",
+}
+
+
+def _differences(panes: Sequence[Pane]) -> list[list[str]]:
+    """Per pane, the settings it sets that are not the same in every pane ("T=0.2")."""
+    settings = []
+    for pane in panes:
+        flat = {key: repr(value) for key, value in pane.params.to_dict().items()}
+        if pane.system_prompt:
+            flat["system"] = pane.system_prompt
+        settings.append(flat)
+    keys = sorted({key for flat in settings for key in flat})
+    differing = [k for k in keys if len({flat.get(k) for flat in settings}) > 1]
+    parts: list[list[str]] = []
+    for pane, flat in zip(panes, settings, strict=True):
+        shown = []
+        for key in differing:
+            if key == "system":
+                shown.append(f"system “{_one_line(pane.system_prompt, 16)}”" if key in flat else "")
+                continue
+            value = pane.params.to_dict().get(key)
+            name = _PARAM_SHORT.get(key, key)
+            if value is None:  # the server's default: the panes that set it say so
+                continue
+            if isinstance(value, float):
+                shown.append(f"{name}={value:g}")
+            else:
+                shown.append(f"{name}={value}")
+        parts.append([part for part in shown if part])
+    return parts
+
+
+def _host(endpoint: str) -> str:
+    try:
+        return urlsplit(endpoint).netloc or endpoint
+    except ValueError:
+        return endpoint
+
+
+def pane_names(panes: Sequence[Pane]) -> list[str]:
+    """A name per pane that tells it apart from the others; no two are the same.
+
+    The label the user gave is kept as it is when no other pane has it. Otherwise the model
+    (or the label) is followed by the settings that differ between the panes, then by the
+    endpoint when that is all that differs, and as a last resort by the pane's number.
+    """
+    names = [pane.label or pane.model or _host(pane.endpoint) for pane in panes]
+    differences = _differences(panes)
+    for index, pane in enumerate(panes):
+        if not pane.label and differences[index]:
+            names[index] = " · ".join([names[index], *differences[index]])
+    counts = Counter(names)
+    for index, pane in enumerate(panes):
+        if counts[names[index]] > 1 and pane.label and differences[index]:
+            names[index] = " · ".join([names[index], *differences[index]])
+    counts = Counter(names)
+    hosts = Counter(server_key_or_text(pane.endpoint) for pane in panes)
+    for index, pane in enumerate(panes):
+        if counts[names[index]] > 1 and hosts[server_key_or_text(pane.endpoint)] == 1:
+            names[index] = f"{names[index]} @ {_host(pane.endpoint)}"
+    counts = Counter(names)
+    for index in range(len(panes)):
+        if counts[names[index]] > 1:
+            names[index] = f"{names[index]} ({index + 1})"
+    return names
+
+
+def server_key_or_text(endpoint: str) -> str:
+    """The server a pane talks to, or its endpoint text when that is not a valid URL."""
+    try:
+        return server_key(endpoint)
+    except PodlabError:
+        return endpoint
+
+
 @dataclass(frozen=True)
 class PaneStarted:
     """Pane `pane` sent its request, `at` seconds after the round started."""
@@ -234,10 +330,24 @@ class PaneResult:
     error: str | None = None
     interrupted: bool = False
     finish_reason: str | None = None
-    started_s: float | None = None  # seconds after the round started
+    started_s: float | None = None  # seconds after the round started: its request was sent
     finished_s: float | None = None
     fastest: bool = False
     energy_j: float | None = None
+    waited_for: int | None = None
+    """The pane this one waited for on the same server (its turn, or the server's queue)."""
+    waited_s: float = 0.0
+    """How long it waited for `waited_for`: not counted in `answer_s`."""
+    queued_s: float = 0.0
+    """The part of `waited_s` after its request was sent (queued inside the server)."""
+
+    @property
+    def answer_s(self) -> float | None:
+        """Seconds to the complete answer once the server took the request (what the user
+        waited for this answer, less any wait for another pane)."""
+        if self.started_s is None or self.finished_s is None:
+            return None
+        return max(0.0, self.finished_s - self.started_s - self.queued_s)
 
     @property
     def state(self) -> str:
@@ -274,6 +384,9 @@ class PaneResult:
             "metrics": None if self.metrics is None else self.metrics.to_dict(),
             "started_s": _round(self.started_s),
             "finished_s": _round(self.finished_s),
+            "answer_s": _round(self.answer_s),
+            "waited_for": self.waited_for,
+            "waited_s": _round(self.waited_s),
             "energy_j": _round(self.energy_j),
             "tokens_per_j": _round(self.tokens_per_j),
         }
@@ -287,7 +400,7 @@ class RoundResult:
     panes: list[PaneResult]
     started: float  # wall clock (time.time())
     total_s: float = 0.0
-    fastest: int | None = None  # pane index with the best tokens/s among complete answers
+    fastest: int | None = None  # pane index with the shortest `answer_s` among complete answers
     energy_j: float | None = None
     comparison_id: int | None = None  # row id in the store, when saved
     vote: int | None = None
@@ -298,6 +411,22 @@ class RoundResult:
         """Tokens of every pane per joule of the whole round (also when panes ran together)."""
         tokens = sum(p.metrics.tokens for p in self.panes if p.metrics is not None)
         return tokens_per_joule(tokens, self.energy_j)
+
+    def waits(self, name: Callable[[int], str] | None = None) -> list[str]:
+        """One line per pane that waited for another ("pane 2 waited 1.9 s for pane 1 on the
+        same server"); `name` names a pane by its index (blind rounds hide the numbers)."""
+        name = name or (lambda index: f"pane {index + 1}")
+        lines = []
+        for pane in self.panes:
+            if pane.waited_for is None or pane.waited_s < 0.05:
+                continue
+            other = self.panes[pane.waited_for]
+            same = server_key_or_text(pane.endpoint) == server_key_or_text(other.endpoint)
+            lines.append(
+                f"{name(pane.pane)} waited {pane.waited_s:.1f} s for {name(other.pane)}"
+                + (" on the same server" if same else " (one after another)")
+            )
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -314,7 +443,7 @@ class RoundResult:
 
     def to_markdown(self, *, heading: str = "Comparison") -> str:
         lines = [f"# {heading}", "", f"**Prompt:** {self.prompt}", ""]
-        lines.append(f"_mode {self.mode}, {self.to_dict()['started']}, {self.total_s:.2f} s_")
+        lines.append(f"_mode {self.mode}, {readable_time(self.started)}, {self.total_s:.2f} s_")
         lines += ["", *_metrics_table(self.panes), ""]
         for pane in self.panes:
             star = " (fastest)" if pane.fastest else ""
@@ -395,7 +524,12 @@ class PromptSetResult:
         }
 
     def to_markdown(self) -> str:
-        lines = ["# Prompt set", "", f"_{len(self.rounds)} prompts, mode {self.mode}_", ""]
+        lines = [
+            "# Prompt set",
+            "",
+            f"_{plural(len(self.rounds), 'prompt')}, mode {self.mode}_",
+            "",
+        ]
         headers = ["Pane", "Complete", "Failed", "Mean tokens/s", "Mean TTFT ms", "Fastest"]
         lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for row in self.summary():
@@ -448,6 +582,8 @@ class Comparison:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.order = list(range(len(self.panes)))  # display slot → pane index
+        self.names = pane_names(self.panes)
+        """The names shown and rated (distinct), as of the last round."""
         self.revealed = not blind
         self.rounds: list[RoundResult] = []
         self._running = False
@@ -461,7 +597,7 @@ class Comparison:
         """ "Model A", "Model B", ... by display slot while blind and not voted; else the name."""
         if self.blind and not self.revealed:
             return f"Model {'ABCD'[self.slot_of(pane)]}"
-        return self.panes[pane].name
+        return self.names[pane]
 
     @property
     def running(self) -> bool:
@@ -500,8 +636,12 @@ class Comparison:
         if self.blind:
             self.rng.shuffle(self.order)
             self.revealed = False
+            for pane in self.panes:  # an earlier round (maybe seen with names) would tell
+                pane.history.clear()
+        self.names = pane_names(self.panes)
         results = [
-            PaneResult(i, pane.endpoint, pane.model, pane.name) for i, pane in enumerate(self.panes)
+            PaneResult(i, pane.endpoint, pane.model, self.names[i])
+            for i, pane in enumerate(self.panes)
         ]
         result = RoundResult(prompt, mode, self.blind, results, time.time())
         queue: asyncio.Queue[CompareEvent | None] = asyncio.Queue()
@@ -556,8 +696,13 @@ class Comparison:
                 pane_result.energy_j = await _energy_end(measurement)
 
         async def run_chain(chain: list[int]) -> None:
+            previous: int | None = None
             for index in chain:
+                if previous is not None:
+                    results[index].waited_for = previous
+                    results[index].waited_s = time.perf_counter() - started
                 await run_pane(index)
+                previous = index
 
         def all_done(future: asyncio.Future[list[None]]) -> None:
             if not future.cancelled():
@@ -625,14 +770,39 @@ class Comparison:
             outcome.rounds.append(await self.run_to_end(prompt, mode, forward, remember=remember))
         return outcome
 
+    def _same_server(self, a: int, b: int) -> bool:
+        return server_key_or_text(self.panes[a].endpoint) == server_key_or_text(
+            self.panes[b].endpoint
+        )
+
+    def _find_queueing(self, result: RoundResult) -> None:
+        """Panes sent together to one server that answered them one after another: the later
+        one's first token came only once the other had finished."""
+        for pane in result.panes:
+            first = _first_token_s(pane)
+            if first is None or pane.started_s is None:
+                continue
+            for other in result.panes:
+                if (
+                    other is pane
+                    or other.finished_s is None
+                    or _first_token_s(other) is None
+                    or not self._same_server(pane.pane, other.pane)
+                ):
+                    continue
+                other_first = _first_token_s(other)
+                assert other_first is not None
+                waited = other.finished_s - pane.started_s
+                served_after = other_first < first and first >= other.finished_s - 0.02
+                if served_after and waited > pane.queued_s:
+                    pane.queued_s = min(waited, first - pane.started_s)
+                    pane.waited_s, pane.waited_for = pane.queued_s, other.pane
+
     def _finish_round(self, result: RoundResult, remember: bool) -> None:
-        rates = [
-            (p.metrics.tokens_per_s, p.pane)
-            for p in result.panes
-            if p.ok and p.metrics is not None and p.metrics.tokens_per_s is not None
-        ]
-        if rates:
-            best = max(rates, key=lambda item: (item[0], -item[1]))[1]
+        self._find_queueing(result)
+        times = [(p.answer_s, p.pane) for p in result.panes if p.ok and p.answer_s is not None]
+        if times:
+            best = min(times)[1]
             result.fastest = best
             result.panes[best].fastest = True
         if remember:
@@ -655,22 +825,41 @@ class Comparison:
 
     # -- voting --------------------------------------------------------------------------------
 
+    def vote_problem(self) -> str | None:
+        """Why a vote on the last round could not count (asked before offering the vote)."""
+        if self._running:
+            return "wait for the round to finish before voting"
+        if not self.rounds:
+            return "nothing to vote on yet: run a prompt first"
+        last = self.rounds[-1]
+        if last.voted:
+            return "this round already has a vote"
+        failed = [self.display_name(p.pane) for p in last.panes if not p.ok]
+        if failed:
+            return (
+                f"{' and '.join(failed)} did not answer completely, so this round cannot be"
+                " voted on: send the prompt again"
+            )
+        players = [p.label for p in last.panes]
+        twice = sorted({name for name in players if players.count(name) > 1})
+        if twice:
+            return f"two panes are rated as {twice[0]!r}: give them different names"
+        return None
+
     def vote(self, winner: int | None) -> VoteRecord:
         """Vote on the last round: `winner` is a pane index (not a display slot), None a tie.
 
-        Reveals the names. The vote is stored (and counts in `leaderboard()`) when the
-        comparison has a store.
+        Refused (PodlabError) when the vote could not count (`vote_problem`). Reveals the
+        names. The vote is stored (and counts in `leaderboard()`) when the comparison has a
+        store.
         """
-        if self._running:
-            raise PodlabError("wait for the round to finish before voting")
-        if not self.rounds:
-            raise PodlabError("nothing to vote on yet: run a prompt first")
-        last = self.rounds[-1]
-        if last.voted:
-            raise PodlabError("this round already has a vote")
+        problem = self.vote_problem()
+        if problem is not None:
+            raise PodlabError(problem)
         if winner is not None and not 0 <= winner < len(self.panes):
             raise PodlabError(f"pane {winner} does not exist")
-        players = [pane.name for pane in self.panes]
+        last = self.rounds[-1]
+        players = [p.label for p in last.panes]
         if self.store is not None:
             record = self.store.add_vote(players, winner, comparison_id=last.comparison_id)
         else:
@@ -748,6 +937,13 @@ def _pane_failed(
     metrics = Metrics(None, 0, None, 0.0)
     queue.put_nowait(PaneEvent(index, Error(message, None, kind)))
     queue.put_nowait(PaneEvent(index, Done(None, metrics, error=message)))
+
+
+def _first_token_s(result: PaneResult) -> float | None:
+    """When the first token came, in seconds after the round started."""
+    if result.started_s is None or result.metrics is None or result.metrics.ttft_ms is None:
+        return None
+    return result.started_s + result.metrics.ttft_ms / 1000.0
 
 
 def _fill(result: PaneResult, done: Done) -> None:

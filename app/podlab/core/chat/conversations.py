@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from podlab.core.errors import PodlabError
 from podlab.core.paths import private_file
+from podlab.core.text import readable_time
 
 __all__ = [
     "MESSAGE_STATES",
@@ -534,7 +535,7 @@ class ConversationStore:
     def export_markdown(self, conversation_id: int) -> str:
         conversation = self.get_conversation(conversation_id)
         lines = [f"# {conversation.title}", ""]
-        facts = [f"Created {_iso(conversation.created)}"]
+        facts = [f"Created {readable_time(conversation.created)}"]
         if conversation.model:
             facts.append(f"model `{conversation.model}`")
         if conversation.endpoint:
@@ -622,6 +623,19 @@ class ConversationStore:
     def delete_vote(self, vote_id: int) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM votes WHERE id = ?", (vote_id,))
+
+    def delete_votes_of(self, player: str) -> int:
+        """Forget every vote `player` took part in (a leaderboard row deleted: the others are
+        rated again without those games); returns how many votes went."""
+        doomed = [vote.id for vote in self.votes() if player in vote.players]
+        with self._transaction() as db:
+            db.executemany("DELETE FROM votes WHERE id = ?", [(ident,) for ident in doomed])
+        return len(doomed)
+
+    def clear_votes(self) -> int:
+        """Reset the leaderboard: forget every vote; returns how many there were."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM votes").rowcount
 
 
 class AnswerWriter:

@@ -33,6 +33,7 @@ from podlab.core.serving.crash import (
     signal_name,
     signal_of,
 )
+from podlab.core.text import plural
 
 SELFTEST_TOKENS = 16
 SELFTEST_TIMEOUT = 120.0
@@ -189,7 +190,7 @@ async def run_selftest(
     if code == 0 and report is not None:
         count = int(report["tokens"])
         rate = (count - 1) / report["seconds"] if report["seconds"] > 0 else None
-        rate_text = f"{rate:.0f} tok/s" if rate is not None else f"{count} tokens"
+        rate_text = f"{rate:.0f} tok/s" if rate is not None else plural(count, "token")
         return SelfTestResult(
             "ok",
             f"ok ({rate_text})",

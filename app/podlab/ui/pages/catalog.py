@@ -42,6 +42,7 @@ from podlab.core.models.hardware import Fit, MemoryEstimate
 from podlab.core.models.modelinfo import CAPABILITIES, ModelInfo, ModelVariant
 from podlab.core.models.store import PARTIAL, READY, StoredModel
 from podlab.core.tasks import Task
+from podlab.core.text import plural
 from podlab.ui import background
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models import select_source_row
@@ -672,7 +673,7 @@ class CatalogPage(QWidget):
     def _update_count(self, *_args: object) -> None:
         total = self.source.rowCount()
         shown = self.proxy.rowCount()
-        text = f"{total} models" if shown == total else f"{shown} of {total} models"
+        text = plural(total, "model") if shown == total else f"{shown} of {plural(total, 'model')}"
         self.count_label.setText(text)
 
     def _on_context_changed(self, ctx: int) -> None:

@@ -4,7 +4,9 @@ prompt sets into a results table; export as Markdown or JSON.
 
 The page drives `podlab.core.chat.compare.Comparison` (modes parallel, one-per-server, sequential)
 and shows its events; every pane streams through its own `MarkdownView` with its own throttle.
-A failing pane shows its error while the others go on.
+A failing pane shows its error while the others go on. Each pane's header says what tells it
+apart (`pane_names`); a vote that could not count is refused before it is offered; the panes'
+setup is remembered in the Lab's session and comes back after a restart.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMenu,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QSplitter,
@@ -42,7 +45,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from podlab.core.chat.client import Done, Error, Metrics, Token, normalize_base_url
+from podlab.core.chat.client import (
+    Done,
+    Error,
+    GenerationParams,
+    Metrics,
+    Token,
+    normalize_base_url,
+)
 from podlab.core.chat.compare import (
     MAX_PANES,
     MIN_PANES,
@@ -56,11 +66,13 @@ from podlab.core.chat.compare import (
     RoundResult,
     compute_leaderboard,
     load_prompts,
+    pane_names,
 )
 from podlab.core.chat.energy import EnergyMeter
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text
+from podlab.core.text import plural
 from podlab.ui import background
 from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.chat_view import ChatView, MessageWidget, format_ms
@@ -74,6 +86,15 @@ MODE_LABELS = {
     "sequential": "Sequential (one after another)",
 }
 SLOT_NAMES = "ABCD"
+HIDDEN_TITLE = "Hidden model"
+FASTEST_TIP = (
+    "The shortest time from sending the prompt to the complete answer. Time spent waiting for"
+    " another pane on the same server is not counted."
+)
+PANE_HINT = (
+    "Pick a service or an endpoint URL and a model for this pane.\n"
+    "Its answers, speed figures and its own history show here."
+)
 
 
 class PaneWidget(QFrame):
@@ -81,6 +102,8 @@ class PaneWidget(QFrame):
 
     sig_close_requested = Signal(object)
     """Emitted with this pane when its close button is clicked."""
+    sig_setup_changed = Signal()
+    """Emitted when the endpoint, model, parameters, system prompt or name changed."""
 
     def __init__(self, number: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -149,10 +172,7 @@ class PaneWidget(QFrame):
 
         self.chat = ChatView()
         self.chat.setObjectName("pane-chat")
-        self.chat.set_placeholder(
-            "Pick a service or an endpoint URL and a model for this pane.\n"
-            "Its answers, speed figures and its own history show here."
-        )
+        self.chat.set_placeholder(PANE_HINT)
         self.error = QLabel()
         self.error.setObjectName("pane-error")
         self.error.setWordWrap(True)
@@ -168,9 +188,46 @@ class PaneWidget(QFrame):
         layout.addWidget(self.chat, 1)
         layout.addWidget(self.error)
         self.set_title(f"Pane {number}")
+        for signal in (
+            self.picker.sig_changed,
+            self.picker.url_edit.textChanged,
+            self.params_form.sig_changed,
+            self.label_edit.textChanged,
+            self.system_prompt.textChanged,
+        ):
+            signal.connect(self._on_setup_changed)
+
+    def _on_setup_changed(self) -> None:
+        self.chat.set_placeholder("" if self.picker.endpoint() else PANE_HINT)
+        self.sig_setup_changed.emit()
 
     def set_title(self, text: str) -> None:
         self.title.setText(text)
+
+    def setup(self) -> dict[str, Any]:
+        """What to remember of this pane (no API key, no history)."""
+        return {
+            "endpoint": self.picker.endpoint(),
+            "model": self.picker.model() or "",
+            "service": self.picker.service_combo.currentData() or "",
+            "params": self.params_form.params().to_dict(),
+            "system_prompt": self.system_prompt.toPlainText(),
+            "label": self.label_edit.text(),
+        }
+
+    def restore(self, setup: dict[str, Any]) -> None:
+        """Set the pane up as `setup()` described it (a service when it is still running)."""
+        endpoint = str(setup.get("endpoint") or "")
+        if endpoint:
+            self.picker.set_endpoint(endpoint, str(setup.get("model") or "") or None)
+        service = str(setup.get("service") or "")
+        if service:
+            self.picker.select_service(service)
+        params = setup.get("params")
+        self.params_form.set_params(GenerationParams.from_dict(params) if params else None)
+        self.system_prompt.setPlainText(str(setup.get("system_prompt") or ""))
+        self.label_edit.setText(str(setup.get("label") or ""))
+        self._on_setup_changed()
 
     def sync_pane(self) -> Pane:
         """Copy the form into the core `Pane` (its history stays)."""
@@ -203,6 +260,7 @@ class PaneWidget(QFrame):
 
     def begin(self, prompt: str, title: str, real_title: str) -> MessageWidget:
         self.badge.hide()
+        self.chat.set_placeholder("")
         self.error.hide()
         question = self.chat.add_message("user", prompt)
         if question.edit_button is not None:
@@ -252,7 +310,11 @@ class ComparePage(QWidget):
             self.mode_combo.addItem(label, key)
         self.blind_check = QCheckBox("Blind")
         self.blind_check.setObjectName("compare-blind")
-        self.blind_check.setToolTip("Hide names and shuffle the panes until you vote")
+        self.blind_check.setToolTip(
+            "Hide names and shuffle the panes until you vote; each blind round starts from"
+            " empty panes"
+        )
+        self.blind_check.toggled.connect(self._on_blind_toggled)
         self.add_button = QPushButton("Add pane")
         self.add_button.setObjectName("add-pane")
         self.add_button.clicked.connect(lambda: self.add_pane())
@@ -370,9 +432,26 @@ class ComparePage(QWidget):
             "Ratings come from blind votes: turn on Blind, send a prompt, pick the better answer."
         )
         self.leaderboard_note.setWordWrap(True)
+        self.delete_row_button = QPushButton("Delete row…")
+        self.delete_row_button.setObjectName("leaderboard-delete")
+        self.delete_row_button.setToolTip(
+            "Forget every vote the selected name took part in; the others are rated again"
+        )
+        self.delete_row_button.clicked.connect(self._ask_delete_row)
+        self.reset_board_button = QPushButton("Reset…")
+        self.reset_board_button.setObjectName("leaderboard-reset")
+        self.reset_board_button.setToolTip("Forget every vote")
+        self.reset_board_button.clicked.connect(self._ask_reset_leaderboard)
+        self.leaderboard_table.itemSelectionChanged.connect(self._update_board_buttons)
+        self.active_dialog: QMessageBox | None = None
+        """The confirmation being asked (tests answer it)."""
+        board_top = QHBoxLayout()
+        board_top.addWidget(self.leaderboard_note, 1)
+        board_top.addWidget(self.delete_row_button)
+        board_top.addWidget(self.reset_board_button)
         board_tab = QWidget()
         board_layout = QVBoxLayout(board_tab)
-        board_layout.addWidget(self.leaderboard_note)
+        board_layout.addLayout(board_top)
         board_layout.addWidget(self.leaderboard_table, 1)
 
         self.tabs = QTabWidget()
@@ -397,9 +476,8 @@ class ComparePage(QWidget):
         stop.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         stop.activated.connect(self.stop)
 
-        for _ in range(MIN_PANES):
-            self.add_pane()
         self._connect_services()
+        self._restore()
         if host is not None:
             host.on_close(self.shutdown)
         self._update_buttons()
@@ -434,9 +512,37 @@ class ComparePage(QWidget):
         for pane in self.panes:
             pane.picker.set_services(services)
 
+    def _restore(self) -> None:
+        """The panes, mode and Blind as the user left them (two empty panes the first time)."""
+        saved = self.lab.session.get("compare")
+        setups = [p for p in saved.get("panes", []) if isinstance(p, dict)][:MAX_PANES]
+        for setup in setups:
+            pane = self.add_pane()
+            if pane is not None:
+                pane.restore(setup)
+        while len(self.panes) < MIN_PANES:
+            self.add_pane()
+        index = self.mode_combo.findData(saved.get("mode"))
+        if index >= 0:
+            self.mode_combo.setCurrentIndex(index)
+        self.blind_check.setChecked(bool(saved.get("blind")))
+        self._refresh_titles()
+
+    def save_session(self) -> None:
+        """Remember the panes' setup, the mode and Blind (not the answers: they are stored)."""
+        self.lab.session.put(
+            "compare",
+            {
+                "panes": [pane.setup() for pane in self.panes],
+                "mode": self.mode_combo.currentData(),
+                "blind": self.blind_check.isChecked(),
+            },
+        )
+
     def shutdown(self) -> None:
         if self._closed:
             return
+        self.save_session()
         self._closed = True
         if self._bridge is not None and shiboken6.isValid(self._bridge):
             self._bridge.sig_services_listed.disconnect(self._on_services_listed)
@@ -455,6 +561,9 @@ class ComparePage(QWidget):
             return None
         pane = PaneWidget(len(self.panes) + 1)
         pane.sig_close_requested.connect(self.remove_pane)
+        pane.sig_setup_changed.connect(self._refresh_titles)
+        if self.blind_check.isChecked():
+            pane.set_blind(True)
         if endpoint:
             pane.picker.set_endpoint(endpoint, model)
         if self._bridge is not None:
@@ -478,9 +587,35 @@ class ComparePage(QWidget):
     def _renumber(self) -> None:
         for number, pane in enumerate(self.panes, 1):
             pane.number = number
-            pane.set_title(f"Pane {number}")
         for index, pane in enumerate(self.panes):
             self.splitter.insertWidget(index, pane)
+        self._refresh_titles()
+
+    def _refresh_titles(self) -> None:
+        """Each header says what tells its pane apart ("SmolLM2 · T=0.2"); hidden when blind."""
+        if len(self.panes) < MIN_PANES or self._busy:
+            return
+        if self.blind_check.isChecked():
+            if self.comparison is None or not self.comparison.blind or self.comparison.revealed:
+                for pane in self.panes:
+                    pane.set_title(HIDDEN_TITLE)
+                    pane.title.setToolTip("Names show after your vote")
+            return
+        names = pane_names([pane.sync_pane() for pane in self.panes])
+        for pane, name in zip(self.panes, names, strict=True):
+            pane.set_title(name if pane.picker.endpoint() else f"Pane {pane.number}")
+            pane.title.setToolTip(f"Pane {pane.number}: {pane.picker.endpoint() or 'no endpoint'}")
+
+    def _on_blind_toggled(self, blind: bool) -> None:
+        """Blind hides at once who is who: names, endpoints and every earlier (named) answer."""
+        self.vote_bar.hide()
+        self.comparison = None
+        for pane in self.panes:
+            if blind:
+                pane.clear_history()
+            pane.set_blind(blind, HIDDEN_TITLE)
+        self._show_order(list(range(len(self.panes))))
+        self._refresh_titles()
 
     def _show_order(self, order: list[int]) -> None:
         """Lay the panes out in display order (`order[slot] == pane index`)."""
@@ -500,6 +635,7 @@ class ComparePage(QWidget):
         if not self._check_panes():
             return None
         self.prompt.clear()
+        self.save_session()
         return self._start(lambda: self._round(prompt))
 
     def stop(self) -> None:
@@ -556,9 +692,11 @@ class ComparePage(QWidget):
                         self._show_order(comparison.order)
                         for index, pane in enumerate(self.panes):
                             name = comparison.display_name(index)
+                            if comparison.blind:  # its history is gone: so is what showed it
+                                pane.clear_history()
                             pane.set_title(name)
                             pane.set_blind(comparison.blind, name)
-                            pane.begin(prompt, name, comparison.panes[index].name)
+                            pane.begin(prompt, name, comparison.names[index])
                         self.show_status(f"Sending to {len(self.panes)} panes ({mode})…")
                     if isinstance(event, RoundDone):
                         result = event.result
@@ -605,6 +743,9 @@ class ComparePage(QWidget):
         for pane_result in result.panes:
             pane = self.panes[pane_result.pane]
             pane.badge.setVisible(pane_result.fastest)
+            if pane_result.fastest and pane_result.answer_s is not None:
+                pane.badge.setText(f"★ fastest (complete answer in {pane_result.answer_s:.1f} s)")
+                pane.badge.setToolTip(FASTEST_TIP)
             if pane.answer is not None and pane_result.metrics is not None:
                 energy_note = note
                 if pane_result.energy_j is None and note is None:
@@ -619,7 +760,11 @@ class ComparePage(QWidget):
         fastest = result.fastest
         parts = [f"Round {len(self.rounds)} done in {result.total_s:.2f} s"]
         if fastest is not None:
-            parts.append(f"fastest: {comparison.display_name(fastest)}")
+            answer_s = result.panes[fastest].answer_s or 0.0
+            parts.append(
+                f"fastest: {comparison.display_name(fastest)} (complete answer in {answer_s:.1f} s)"
+            )
+        parts += result.waits(comparison.display_name)
         if result.energy_j is not None:
             parts.append(f"energy {result.energy_j:.1f} J")
             if result.tokens_per_j is not None:
@@ -629,8 +774,15 @@ class ComparePage(QWidget):
         self.show_status(" · ".join(parts))
         if comparison.blind:
             count = len(self.panes)
+            problem = comparison.vote_problem()
             for slot, button in enumerate(self.vote_buttons):
                 button.setVisible(slot < count)
+                button.setEnabled(problem is None)
+            self.tie_button.setEnabled(problem is None)
+            self.vote_label.setText(
+                "Which answer is better?" if problem is None else f"No vote: {problem}."
+            )
+            self.vote_label.setStyleSheet("" if problem is None else "QLabel { color: #c0392b; }")
             self.vote_bar.show()
         self.sig_round_finished.emit(result)
 
@@ -640,6 +792,10 @@ class ComparePage(QWidget):
         if comparison is None or self._busy:
             return
         winner = None if slot is None else comparison.order[slot]
+        problem = comparison.vote_problem()
+        if problem is not None:
+            self.show_status(f"The vote is not taken: {problem}.", error=True)
+            return
         try:
             comparison.vote(winner)
         except PodlabError as exc:
@@ -681,7 +837,9 @@ class ComparePage(QWidget):
             return
         self.prompt_set = outcome
         self._fill_summary(outcome)
-        self.show_status(f"Prompt set done: {len(prompts)} prompts × {len(self.panes)} panes")
+        self.show_status(
+            f"Prompt set done: {plural(len(prompts), 'prompt')} × {len(self.panes)} panes"
+        )
 
     def _add_result_rows(self, index: int, result: RoundResult) -> None:
         for pane in result.panes:
@@ -748,6 +906,73 @@ class ComparePage(QWidget):
         if self.tabs.tabText(index) == "Leaderboard":
             self.refresh_leaderboard()
 
+    def _update_board_buttons(self) -> None:
+        rows = self.leaderboard_table.rowCount()
+        self.delete_row_button.setEnabled(bool(self.leaderboard_table.selectedItems()))
+        self.reset_board_button.setEnabled(rows > 0)
+
+    def selected_player(self) -> str | None:
+        items = self.leaderboard_table.selectedItems()
+        if not items:
+            return None
+        name = self.leaderboard_table.item(items[0].row(), 1)
+        return None if name is None else name.text()
+
+    def _ask_delete_row(self) -> None:
+        player = self.selected_player()
+        if player is not None:
+            background.start(
+                self._confirm_then(
+                    f"Forget every vote {player!r} took part in?",
+                    "The other names are rated again without those games.",
+                    "Delete",
+                    lambda: self.delete_player(player),
+                ),
+                "delete a leaderboard row",
+            )
+
+    def _ask_reset_leaderboard(self) -> None:
+        background.start(
+            self._confirm_then(
+                "Reset the leaderboard?",
+                "Every vote is forgotten; the answers of earlier rounds stay stored.",
+                "Reset",
+                self.reset_leaderboard,
+            ),
+            "reset the leaderboard",
+        )
+
+    async def _confirm_then(
+        self, question: str, detail: str, action: str, then: Callable[[], None]
+    ) -> None:
+        from podlab.ui.service_bridge import ask
+
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Leaderboard",
+            question,
+            QMessageBox.StandardButton.NoButton,
+            self,
+        )
+        box.setInformativeText(detail)
+        confirm = box.addButton(action, QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        await ask(self, box)
+        confirmed = box.clickedButton() is confirm
+        box.deleteLater()
+        if confirmed and not self._closed:
+            then()
+
+    def delete_player(self, player: str) -> None:
+        count = self.store.delete_votes_of(player)
+        self.refresh_leaderboard()
+        self.show_status(f"Deleted {player} from the leaderboard ({plural(count, 'vote')}).")
+
+    def reset_leaderboard(self) -> None:
+        count = self.store.clear_votes()
+        self.refresh_leaderboard()
+        self.show_status(f"The leaderboard is reset ({plural(count, 'vote')} forgotten).")
+
     def refresh_leaderboard(self) -> None:
         if self._closed:
             return
@@ -765,6 +990,7 @@ class ComparePage(QWidget):
             ]
             for column, text in enumerate(cells):
                 self.leaderboard_table.setItem(row, column, QTableWidgetItem(text))
+        self._update_board_buttons()
 
     def export_text(self, kind: str) -> str:
         """This session's rounds (and the last prompt set) as Markdown or JSON."""

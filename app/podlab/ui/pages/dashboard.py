@@ -51,6 +51,7 @@ from podlab.core.serving.gpu.host import GIB, Diagnosis, GpuInfo, HostProbe
 from podlab.core.serving.gpu.passthrough import plan_passthrough
 from podlab.core.serving.local_server import LocalEngine
 from podlab.core.serving.selftest import SelfTestResult, run_selftest, selftest_model
+from podlab.core.text import plural
 from podlab.ui import background
 from podlab.ui.download_bridge import DownloadBridge, bridge_for
 from podlab.ui.page_host import PageHost
@@ -746,7 +747,7 @@ class DashboardPage(QWidget):
         usage = await self._models.disk_usage()
         card = self.models_card
         card.clear()
-        card.set_status("ok" if usage.models else "info", f"{usage.models} models")
+        card.set_status("ok" if usage.models else "info", plural(usage.models, "model"))
         card.add_text(f"{human_bytes(usage.used)} used by Podlab's own files")
         if usage.partial:
             card.add_text(f"of which {human_bytes(usage.partial)} unfinished downloads", muted=True)

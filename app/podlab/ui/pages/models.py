@@ -36,6 +36,7 @@ from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.models.store import PARTIAL, READY, DiskUsage, StoredModel
 from podlab.core.tasks import Task
+from podlab.core.text import plural
 from podlab.ui import background
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models import select_source_row
@@ -114,7 +115,7 @@ def gguf_text(entry: StoredModel) -> str:
         f"context {context_text(meta.context_length)} ({meta.context_length:,} tokens)"
         if meta.context_length
         else "",
-        f"{meta.tensor_count} tensors" if meta.tensor_count else "",
+        plural(meta.tensor_count, "tensor") if meta.tensor_count else "",
     ]
     return " · ".join(bit for bit in bits if bit)
 

@@ -7,6 +7,8 @@ prompt and sampling parameters. Ctrl+Enter sends, Esc stops at once.
 The answer is written to the store while it streams (`AnswerWriter`), so a crash leaves it in
 the history marked interrupted; Stop keeps the partial answer, marked interrupted too. Every
 answer shows its speed figures. All HTTP goes through `podlab.core.chat.client.ChatClient`.
+The last conversation and endpoint (a service, when it is still running) are remembered in the
+Lab's session and reopened after a restart.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from podlab.core.chat.conversations import Conversation, SearchHit
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text
+from podlab.core.text import readable_time
 from podlab.ui import background
 from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.chat_view import ChatView, MessageWidget
@@ -137,8 +140,7 @@ class ConversationListModel(QAbstractListModel):
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
             return conversation.title
         if role == Qt.ItemDataRole.ToolTipRole:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(conversation.updated))
-            parts = [conversation.title, when]
+            parts = [conversation.title, f"Last message {readable_time(conversation.updated)}"]
             if conversation.model:
                 parts.append(conversation.model)
             snippet = self._snippets.get(conversation.id)
@@ -375,6 +377,37 @@ class PlaygroundPage(QWidget):
             self.show_status(lab.conversations_problem, error=True)
         self._update_buttons()
         self.reload_conversations()
+        self._restore()
+
+    # -- where the user left ------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Reopen the last conversation and endpoint; a service once it is listed as running."""
+        saved = self.lab.session.get("playground")
+        ident = saved.get("conversation_id")
+        if isinstance(ident, int) and self.conversations.row_of(ident) >= 0:
+            self.open_conversation(ident)
+        endpoint = str(saved.get("endpoint") or "")
+        if endpoint:
+            self.picker.set_endpoint(endpoint, str(saved.get("model") or "") or None)
+        service = str(saved.get("service") or "")
+        if service:
+            self.select_service(service)
+
+    def save_session(self) -> None:
+        """Remember the conversation and endpoint shown (never the API key)."""
+        if self._closed:
+            return
+        service = self.picker.service_combo.currentData() or self._pending_service or ""
+        self.lab.session.put(
+            "playground",
+            {
+                "conversation_id": None if self.conversation is None else self.conversation.id,
+                "endpoint": self.picker.endpoint(),
+                "model": self.picker.model() or "",
+                "service": service,
+            },
+        )
 
     # -- store and services ------------------------------------------------------------------
 
@@ -444,6 +477,7 @@ class PlaygroundPage(QWidget):
         the Lab's and stays open until the process ends."""
         if self._closed:
             return
+        self.save_session()
         self._closed = True
         self._disconnect_services()
         if self._stream_task is not None:
@@ -494,6 +528,7 @@ class PlaygroundPage(QWidget):
         self.show_status("")
         self._select_current_row()
         self._update_buttons()
+        self.save_session()
         self.prompt.setFocus()
 
     def open_conversation(self, conversation_id: int) -> None:
@@ -522,6 +557,7 @@ class PlaygroundPage(QWidget):
         self.show_status("")
         self._select_current_row()
         self._update_buttons()
+        self.save_session()
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
         try:
@@ -715,6 +751,7 @@ class PlaygroundPage(QWidget):
                 params=params,
                 system_prompt=system_prompt,
             )
+            self.save_session()
         else:
             self.conversation = self.store.update_conversation(
                 self.conversation.id,

@@ -254,10 +254,13 @@ class MessageWidget(QFrame):
         if figures.color(QPalette.ColorRole.WindowText) != muted:
             figures.setColor(QPalette.ColorRole.WindowText, muted)
             self.figures.setPalette(figures)
-        sheet = (
-            f"QLabel {{ color: {badge.name()}; border: 1px solid {badge.name()};"
-            " border-radius: 4px; padding: 0px 4px; }"
-        )
+        if (self.badge.property("kind") or "") == "muted":  # "streaming…": a note, not a button
+            sheet = f"QLabel {{ color: {badge.name()}; font-style: italic; }}"
+        else:
+            sheet = (
+                f"QLabel {{ color: {badge.name()}; border: 1px solid {badge.name()};"
+                " border-radius: 4px; padding: 0px 4px; }"
+            )
         if self.badge.styleSheet() != sheet:
             self.badge.setStyleSheet(sheet)
         self.update()

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 
 from podlab.core.serving.inference import InferenceService, ServiceState
 from podlab.core.serving.snippets import Snippet, snippets
+from podlab.core.text import plural
 from podlab.ui.models.services_model import BADGE_COLOURS, ENGINE_TITLES, device_badge
 
 LOG_LINES_KEPT = 5000
@@ -197,9 +198,9 @@ class ServiceDetails(QWidget):
         if options.gpu_layers is not None:
             context += f" · {options.gpu_layers} GPU layers"
         if options.threads:
-            context += f" · {options.threads} threads"
+            context += f" · {plural(options.threads, 'thread')}"
         if options.parallel:
-            context += f" · {options.parallel} slots"
+            context += f" · {plural(options.parallel, 'slot')}"
         rows = [
             ("Endpoint", f"<code>{_escape(service.api_url)}</code> (OpenAI-compatible)"),
             (
