@@ -613,7 +613,8 @@ def test_services_cli_round_trip(
         assert set(served["snippets"]) == {"curl", "python-openai", "python-httpx", "javascript"}
         # The key Podlab made for the service is found by the endpoint alone (no extra step).
         key = service_key(served["api_url"])
-        assert key and key not in captured.out  # --json output never carries it
+        assert key and "api_key" not in served  # shown in the client code only:
+        assert f"Authorization: Bearer {key}" in served["snippets"]["curl"]
         response = httpx.post(
             f"{served['api_url']}/chat/completions", json={**CHAT, "model": served["model"]},
             headers=auth_headers(key), timeout=60,
