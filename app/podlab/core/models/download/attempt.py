@@ -4,9 +4,9 @@ Each attempt asks for the bytes after the partial's offset (Range, with If-Range
 bytes came with). A server that ignores Range (200 instead of 206) restarts the file from zero.
 Connection errors, 5xx, timeouts and stalls (no byte for `stall_seconds`) reconnect with
 exponential backoff; an attempt that brought bytes resets the count. What no retry can mend
-fails at once: a host name that does not resolve (no network, or a wrong name) and TLS. When no sha256 is given,
-the digest the server publishes (Hugging Face's `X-Linked-Etag`, on the redirect of /resolve/
-URLs) is recorded for the check at the end.
+fails at once: a host name that does not resolve (no network, or a wrong name) and TLS. When
+no sha256 is given, the digest the server publishes (Hugging Face's `X-Linked-Etag`, on the
+redirect of /resolve/ URLs) is recorded for the check at the end.
 
 The body moves in a worker thread, through httpx's synchronous client: blocking reads, each
 batch appended to the partial in order while a second thread hashes what was written
