@@ -501,6 +501,50 @@ def test_download_from_the_page_runs_as_a_task_and_lands_on_the_models_page(
     close_bridge(win, qtbot)
 
 
+def test_a_failed_download_is_shown_on_its_row_and_details_with_retry(
+    qtbot, qloop, isolated_user_dirs: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    # `.invalid` never resolves: what a machine without network sees for huggingface.co.
+    write_user_catalog(
+        isolated_user_dirs["config"],
+        "version: 1\nmodels:\n"
+        + user_model_yaml("offline", url="https://models.example.invalid/offline-Q8_0.gguf"),
+    )
+    win = MainWindow(Lab.open())
+    qtbot.addWidget(win)
+    win.resize(1000, 700)
+    win.show()
+    page = open_catalog(win, qtbot)
+    assert page.select_model("offline")
+    details = page.details
+    qtbot.mouseClick(details.download_button, Qt.MouseButton.LeftButton)
+    task = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: task.state.finished, timeout=10000)
+    assert task.state is TaskState.FAILED
+
+    # Where the user looks: the details pane and the row, in plain words, with Retry.
+    qtbot.waitUntil(lambda: details.download_button.text() == "Retry download", timeout=5000)
+    text = details.state_label.text()
+    assert text.startswith("Download failed: No connection to models.example.invalid"), text
+    assert "Errno" not in text and "pull again" not in text
+    variant = details.variant
+    assert variant is not None and page.source.state_text(variant) == "download failed"
+    row = page.proxy.mapToSource(page.table.currentIndex()).row()
+    tooltip = page.source.index(row, 0).data(Qt.ItemDataRole.ToolTipRole)
+    assert "No connection to models.example.invalid" in tooltip
+    # The status bar cuts a long message at the window's edge: its tooltip has it whole.
+    assert win.statusBar().currentMessage().startswith("Download failed: No connection")
+    assert win.statusBar().toolTip() == win.statusBar().currentMessage()
+
+    # Retry starts a new download task from the same button.
+    qtbot.mouseClick(details.download_button, Qt.MouseButton.LeftButton)
+    retry = win.lab.tasks.tasks[-1]
+    assert retry is not task and retry.kind == "download"
+    qtbot.waitUntil(lambda: retry.state.finished, timeout=10000)
+    qtbot.waitUntil(lambda: details.download_button.text() == "Retry download", timeout=5000)
+    close_bridge(win, qtbot)
+
+
 @OFFSCREEN_DIALOG
 def test_a_cancelled_download_is_partial_never_servable_and_resumes(
     qtbot, qloop, isolated_user_dirs: dict[str, Path], https_server: FaultServer

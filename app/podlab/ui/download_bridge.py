@@ -57,7 +57,8 @@ class DownloadBridge(QObject):
     """Emitted with (store model id, fraction 0..1 or None) while a download runs."""
 
     sig_download_finished = Signal(str, str)
-    """Emitted with (store model id, "" on success or the error message) when a download ends."""
+    """Emitted with (store model id, "" on success, "cancelled", or the error message and its
+    hint) when a download ends."""
 
     def __init__(self, lab: Lab, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -224,6 +225,9 @@ class DownloadBridge(QObject):
             task.report(1.0, f"{format_bytes(entry.size)} · done")
         except asyncio.CancelledError:
             error = "cancelled"
+            raise
+        except PodlabError as exc:
+            error = f"{exc.message}. {exc.hint}" if exc.hint else exc.message
             raise
         except Exception as exc:
             error = str(exc) or type(exc).__name__

@@ -96,6 +96,7 @@ class MainWindow(QMainWindow):
         self.engine_label = QLabel("Container engine: checking…")
         self.engine_label.setObjectName("engine-status")
         self.statusBar().addPermanentWidget(self.engine_label)
+        self.statusBar().messageChanged.connect(self._on_status_message_changed)
         for error in lab.loaded_settings.errors:
             self.statusBar().showMessage(f"Settings: {error} (defaults used)")
 
@@ -166,7 +167,13 @@ class MainWindow(QMainWindow):
         return page
 
     def show_status(self, text: str, timeout_ms: int = 10000) -> None:
+        """The message, and in the bar's tooltip whole (a long one is cut at the window edge)."""
         self.statusBar().showMessage(text, timeout_ms)
+        self.statusBar().setToolTip(text)
+
+    def _on_status_message_changed(self, text: str) -> None:
+        if not text:
+            self.statusBar().setToolTip("")
 
     def set_engine_status(self, text: str, tooltip: str = "", ok: bool = True) -> None:
         self.engine_label.setText(text)

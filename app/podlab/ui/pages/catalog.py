@@ -340,9 +340,14 @@ class CatalogDetails(QWidget):
         entry = self.source.stored(variant.id) if variant else None
         downloading = variant is not None and self.source.downloading(variant.id)
         ready = entry is not None and entry.state == READY and not downloading
+        failure = self.source.failure(variant.id) if variant else None
         if downloading:
-            self.state_label.setText(f"{state.capitalize()} — progress in the Tasks page")
+            self.state_label.setText(f"{state.capitalize()} (details on the Tasks page)")
             self.download_button.setText("Cancel download")
+            self.download_button.setEnabled(True)
+        elif failure is not None:
+            self.state_label.setText(f"Download failed: {failure}")
+            self.download_button.setText("Retry download")
             self.download_button.setEnabled(True)
         elif ready:
             assert entry is not None
@@ -806,9 +811,12 @@ class CatalogPage(QWidget):
     def _on_download_finished(self, store_id: str, error: str) -> None:
         self.source.clear_progress(store_id)
         if error and error != "cancelled":
+            self.source.set_failure(store_id, error)
             self._status(f"Download failed: {error}", 15000)
         elif not error:
             self._status("Download finished; the model is on the Models page")
+        if self.details.variant is not None and self.details.variant.id == store_id:
+            self.details.refresh()
 
 
 def create_page(lab: Lab, host: PageHost) -> QWidget:
