@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from podlab.core.lab import Lab
 from podlab.core.models.hardware import HostFacts
@@ -281,6 +281,42 @@ def test_sorting_by_a_column_keeps_the_selection(window: MainWindow, qtbot) -> N
     assert [m.id for m in shown_models(page)] == catalog_order
 
 
+def test_a_filter_keeps_the_selection_or_selects_the_first_row(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
+    page = open_catalog(window, qtbot)
+    assert page.select_model("smollm2-135m-instruct")
+    selected = page.current_model()
+    page.search.setText("smol")  # still shown: still selected
+    assert page.current_model() == selected and page.details.model == selected
+    page.search.setText("granite")  # hidden: the first row, never the last
+    shown = shown_models(page)
+    assert len(shown) > 1
+    assert page.current_model() == shown[0] and page.details.model == shown[0]
+    page.search.clear()
+    assert page.current_model() == shown[0]
+
+
+def test_urls_and_digests_wrap_copy_whole_and_maintainer_notes_stay_out(
+    window: MainWindow, qtbot
+) -> None:  # type: ignore[no-untyped-def]
+    page = open_catalog(window, qtbot)
+    assert page.select_model("smollm2-135m-instruct")
+    details = page.details
+    variant = details.variant
+    assert variant is not None and variant.sha256
+    for key, value in (("url", variant.url), ("sha256", variant.sha256)):
+        label = details.facts[key]
+        assert label.wordWrap() and label.text().replace("\u200b", "") == value
+        # Wrapped within the pane: no line is wider than the label.
+        assert label.sizeHint().width() <= max(label.width(), label.minimumWidth()) + 1
+        details.copy_buttons[key].click()
+        assert QApplication.clipboard().text() == value
+    # The catalog's provenance notes (the wheel's RECORD, commits) are not user text.
+    model = details.model
+    assert model is not None and "RECORD" in model.provenance
+    shown = " ".join(label.text() + label.toolTip() for label in details.facts.values())
+    assert "RECORD" not in shown
+
+
 def test_capability_filter(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
     page = open_catalog(window, qtbot)
     total = page.proxy.rowCount()
@@ -347,7 +383,8 @@ def test_model_card_shows_raw_html_as_text(
     assert "<img" not in html
     assert "<script" not in html
     # No published sha256: the pane says the server's digest is checked at download.
-    assert details.sha_field.text() == "published digest checked at download"
+    assert details.facts["sha256"].text() == "published digest checked at download"
+    assert not details.copy_buttons["sha256"].isVisibleTo(details)
     assert not details.serve_button.isEnabled()
     assert not details.playground_button.isEnabled()
     assert details.download_button.isEnabled()
