@@ -48,6 +48,7 @@ from tests.httpfaults import (
     server_ssl_context,
     sha256_of,
     stall,
+    status,
 )
 
 pytestmark = pytest.mark.gui
@@ -579,6 +580,58 @@ def test_a_failed_download_is_shown_on_its_row_and_details_with_retry(
     assert retry is not task and retry.kind == "download"
     qtbot.waitUntil(lambda: retry.state.finished, timeout=10000)
     qtbot.waitUntil(lambda: details.download_button.text() == "Retry download", timeout=5000)
+    close_bridge(win, qtbot)
+
+
+def test_a_failed_resume_is_shown_on_the_models_page_with_retry(
+    qtbot, qloop, isolated_user_dirs: dict[str, Path], https_server: FaultServer
+) -> None:  # type: ignore[no-untyped-def]
+    body = model_body(2 * 1024 * 1024)
+    # Stalls after 600 KiB (cancelled there), the resume is refused (410), the retry works.
+    https_server.serve(
+        "/files/gone-Q8_0.gguf", body, [stall(600 * 1024, seconds=30), status(410), ok()]
+    )
+    write_user_catalog(
+        isolated_user_dirs["config"],
+        "version: 1\nmodels:\n"
+        + user_model_yaml(
+            "gone",
+            url=https_server.url("/files/gone-Q8_0.gguf"),
+            sha256=sha256_of(body),
+            size=len(body),
+        ),
+    )
+    win = MainWindow(Lab.open())
+    qtbot.addWidget(win)
+    win.show()
+    page = open_catalog(win, qtbot)
+    assert page.select_model("gone")
+    qtbot.mouseClick(page.details.download_button, Qt.MouseButton.LeftButton)
+    task = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: (task.progress or 0) > 0.2, timeout=20000)
+    task.cancel()
+    qtbot.waitUntil(lambda: task.state.finished, timeout=10000)
+
+    models = win.show_page("models")
+    assert isinstance(models, ModelsPage)
+    qtbot.waitUntil(lambda: "gone:Q8_0" in models.entry_ids(), timeout=10000)
+    assert models.select("gone:Q8_0")
+    assert models.resume_button.text() == "Resume"
+    models.resume_button.click()
+    resume = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: resume.state.finished, timeout=10000)
+    assert resume.state is TaskState.FAILED
+    qtbot.waitUntil(lambda: models.resume_button.text() == "Retry download", timeout=5000)
+    state = models.facts["state"].text()
+    assert state.startswith("Download failed (") and "kept)" in state and "410" in state, state
+    assert models.resume_button.isEnabled()
+
+    models.resume_button.click()  # Retry: this time the server sends the rest
+    retry = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: retry.state.finished, timeout=20000)
+    assert retry.state is TaskState.DONE, retry.error
+    qtbot.waitUntil(lambda: models.facts["state"].text() == "Ready", timeout=10000)
+    assert models.resume_button.text() == "Resume"
     close_bridge(win, qtbot)
 
 
