@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from podlab.core.lab import Lab
 from podlab.core.models.hardware import HostFacts
@@ -48,6 +48,7 @@ from tests.httpfaults import (
     server_ssl_context,
     sha256_of,
     stall,
+    status,
 )
 
 pytestmark = pytest.mark.gui
@@ -281,6 +282,42 @@ def test_sorting_by_a_column_keeps_the_selection(window: MainWindow, qtbot) -> N
     assert [m.id for m in shown_models(page)] == catalog_order
 
 
+def test_a_filter_keeps_the_selection_or_selects_the_first_row(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
+    page = open_catalog(window, qtbot)
+    assert page.select_model("smollm2-135m-instruct")
+    selected = page.current_model()
+    page.search.setText("smol")  # still shown: still selected
+    assert page.current_model() == selected and page.details.model == selected
+    page.search.setText("granite")  # hidden: the first row, never the last
+    shown = shown_models(page)
+    assert len(shown) > 1
+    assert page.current_model() == shown[0] and page.details.model == shown[0]
+    page.search.clear()
+    assert page.current_model() == shown[0]
+
+
+def test_urls_and_digests_wrap_copy_whole_and_maintainer_notes_stay_out(
+    window: MainWindow, qtbot
+) -> None:  # type: ignore[no-untyped-def]
+    page = open_catalog(window, qtbot)
+    assert page.select_model("smollm2-135m-instruct")
+    details = page.details
+    variant = details.variant
+    assert variant is not None and variant.sha256
+    for key, value in (("url", variant.url), ("sha256", variant.sha256)):
+        label = details.facts[key]
+        assert label.wordWrap() and label.text().replace("\u200b", "") == value
+        # Wrapped within the pane: no line is wider than the label.
+        assert label.sizeHint().width() <= max(label.width(), label.minimumWidth()) + 1
+        details.copy_buttons[key].click()
+        assert QApplication.clipboard().text() == value
+    # The catalog's provenance notes (the wheel's RECORD, commits) are not user text.
+    model = details.model
+    assert model is not None and "RECORD" in model.provenance
+    shown = " ".join(label.text() + label.toolTip() for label in details.facts.values())
+    assert "RECORD" not in shown
+
+
 def test_capability_filter(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
     page = open_catalog(window, qtbot)
     total = page.proxy.rowCount()
@@ -347,7 +384,8 @@ def test_model_card_shows_raw_html_as_text(
     assert "<img" not in html
     assert "<script" not in html
     # No published sha256: the pane says the server's digest is checked at download.
-    assert details.sha_field.text() == "published digest checked at download"
+    assert details.facts["sha256"].text() == "published digest checked at download"
+    assert not details.copy_buttons["sha256"].isVisibleTo(details)
     assert not details.serve_button.isEnabled()
     assert not details.playground_button.isEnabled()
     assert details.download_button.isEnabled()
@@ -498,6 +536,102 @@ def test_download_from_the_page_runs_as_a_task_and_lands_on_the_models_page(
     qtbot.waitUntil(lambda: not page.source.is_ready("tiny:Q8_0"), timeout=10000)
     qtbot.waitUntil(lambda: "tiny:Q8_0" not in models.entry_ids(), timeout=10000)
     assert page.proxy.rowCount() == 0  # the Downloaded filter is still on
+    close_bridge(win, qtbot)
+
+
+def test_a_failed_download_is_shown_on_its_row_and_details_with_retry(
+    qtbot, qloop, isolated_user_dirs: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    # `.invalid` never resolves: what a machine without network sees for huggingface.co.
+    write_user_catalog(
+        isolated_user_dirs["config"],
+        "version: 1\nmodels:\n"
+        + user_model_yaml("offline", url="https://models.example.invalid/offline-Q8_0.gguf"),
+    )
+    win = MainWindow(Lab.open())
+    qtbot.addWidget(win)
+    win.resize(1000, 700)
+    win.show()
+    page = open_catalog(win, qtbot)
+    assert page.select_model("offline")
+    details = page.details
+    qtbot.mouseClick(details.download_button, Qt.MouseButton.LeftButton)
+    task = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: task.state.finished, timeout=10000)
+    assert task.state is TaskState.FAILED
+
+    # Where the user looks: the details pane and the row, in plain words, with Retry.
+    qtbot.waitUntil(lambda: details.download_button.text() == "Retry download", timeout=5000)
+    text = details.state_label.text()
+    assert text.startswith("Download failed: No connection to models.example.invalid"), text
+    assert "Errno" not in text and "pull again" not in text
+    variant = details.variant
+    assert variant is not None and page.source.state_text(variant) == "download failed"
+    row = page.proxy.mapToSource(page.table.currentIndex()).row()
+    tooltip = page.source.index(row, 0).data(Qt.ItemDataRole.ToolTipRole)
+    assert "No connection to models.example.invalid" in tooltip
+    # The status bar cuts a long message at the window's edge: its tooltip has it whole.
+    assert win.statusBar().currentMessage().startswith("Download failed: No connection")
+    assert win.statusBar().toolTip() == win.statusBar().currentMessage()
+
+    # Retry starts a new download task from the same button.
+    qtbot.mouseClick(details.download_button, Qt.MouseButton.LeftButton)
+    retry = win.lab.tasks.tasks[-1]
+    assert retry is not task and retry.kind == "download"
+    qtbot.waitUntil(lambda: retry.state.finished, timeout=10000)
+    qtbot.waitUntil(lambda: details.download_button.text() == "Retry download", timeout=5000)
+    close_bridge(win, qtbot)
+
+
+def test_a_failed_resume_is_shown_on_the_models_page_with_retry(
+    qtbot, qloop, isolated_user_dirs: dict[str, Path], https_server: FaultServer
+) -> None:  # type: ignore[no-untyped-def]
+    body = model_body(2 * 1024 * 1024)
+    # Stalls after 600 KiB (cancelled there), the resume is refused (410), the retry works.
+    https_server.serve(
+        "/files/gone-Q8_0.gguf", body, [stall(600 * 1024, seconds=30), status(410), ok()]
+    )
+    write_user_catalog(
+        isolated_user_dirs["config"],
+        "version: 1\nmodels:\n"
+        + user_model_yaml(
+            "gone",
+            url=https_server.url("/files/gone-Q8_0.gguf"),
+            sha256=sha256_of(body),
+            size=len(body),
+        ),
+    )
+    win = MainWindow(Lab.open())
+    qtbot.addWidget(win)
+    win.show()
+    page = open_catalog(win, qtbot)
+    assert page.select_model("gone")
+    qtbot.mouseClick(page.details.download_button, Qt.MouseButton.LeftButton)
+    task = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: (task.progress or 0) > 0.2, timeout=20000)
+    task.cancel()
+    qtbot.waitUntil(lambda: task.state.finished, timeout=10000)
+
+    models = win.show_page("models")
+    assert isinstance(models, ModelsPage)
+    qtbot.waitUntil(lambda: "gone:Q8_0" in models.entry_ids(), timeout=10000)
+    assert models.select("gone:Q8_0")
+    assert models.resume_button.text() == "Resume"
+    models.resume_button.click()
+    resume = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: resume.state.finished, timeout=10000)
+    assert resume.state is TaskState.FAILED
+    qtbot.waitUntil(lambda: models.resume_button.text() == "Retry download", timeout=5000)
+    state = models.facts["state"].text()
+    assert state.startswith("Download failed (") and "kept)" in state and "410" in state, state
+    assert models.resume_button.isEnabled()
+
+    models.resume_button.click()  # Retry: this time the server sends the rest
+    retry = win.lab.tasks.tasks[-1]
+    qtbot.waitUntil(lambda: retry.state.finished, timeout=20000)
+    assert retry.state is TaskState.DONE, retry.error
+    qtbot.waitUntil(lambda: models.facts["state"].text() == "Ready", timeout=10000)
+    assert models.resume_button.text() == "Resume"
     close_bridge(win, qtbot)
 
 

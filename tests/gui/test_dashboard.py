@@ -357,3 +357,32 @@ def test_without_a_model_the_selftest_says_so(qtbot, qloop, monkeypatch) -> None
             pass
     assert "no model to test with" in page.local_card.text()
     assert page.local_card.chip.level == "ok"
+
+
+def test_a_service_endpoint_is_never_wrapped_inside_the_address(
+    window, qtbot, smollm2_model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from PySide6.QtWidgets import QLabel, QLineEdit
+
+    from podlab.core.serving.planning import ServeRequest
+    from podlab.ui.service_bridge import service_bridge_for
+
+    manager = service_bridge_for(window.lab).manager
+    serving = asyncio.ensure_future(manager.serve(ServeRequest(smollm2_model, engine="local")))
+    qtbot.waitUntil(serving.done, timeout=120000)
+    service = serving.result()
+    try:
+        window.resize(900, 600)  # narrow: a wrapping label would break the URL
+        page = open_dashboard(window, qtbot)
+        card = page.services_card
+        qtbot.waitUntil(lambda: card.findChild(QLineEdit, "card-url") is not None, timeout=10000)
+        field = card.findChild(QLineEdit, "card-url")
+        assert field.text() == service.api_url and field.isReadOnly()
+        assert field.toolTip() == service.api_url
+        assert not any("http://" in label.text() for label in card.findChildren(QLabel))
+        assert service.api_url in card.text()
+    finally:
+        removal = asyncio.ensure_future(manager.delete(service.id))
+        qtbot.waitUntil(removal.done, timeout=30000)

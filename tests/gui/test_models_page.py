@@ -335,3 +335,39 @@ def test_open_in_playground_without_a_service_offers_to_serve_and_selects_it_whe
     service = services.selected()
     assert service is not None and service.state is ServiceState.READY
     qtbot.waitUntil(lambda: playground_service(window) == service.id, timeout=20000)
+
+
+@OFFSCREEN_DIALOG
+def test_an_imported_catalog_file_is_recognised_in_the_catalog_and_served_from_its_row(
+    window: MainWindow, qtbot, smollm2_model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The real SmolLM2 file is byte for byte the bundled catalog's SmolLM2 (its sha256 is the
+    catalog's): once hashed in the background it is that entry, on this machine, named so."""
+    from podlab.ui.pages.catalog import CatalogPage
+
+    page = open_models(window, qtbot)
+    entry = run(qtbot, page.import_path(smollm2_model))
+    assert entry is not None
+    assert entry.name == "SmolLM2-135M-Instruct.Q4_1"  # the file's name, not the GGUF's own
+    (task,) = [t for t in window.lab.tasks.tasks if t.kind == "import"]
+    qtbot.waitUntil(lambda: task.state.finished, timeout=60000)
+    assert task.state is TaskState.DONE, task.error
+    assert "smollm2-135m-instruct:Q4_1" in task.detail
+
+    qtbot.waitUntil(lambda: page.current_entry() is not None, timeout=10000)
+    qtbot.waitUntil(lambda: page.current_entry().name == "SmolLM2 135M Instruct", timeout=10000)
+    catalog = window.show_page("catalog")
+    assert isinstance(catalog, CatalogPage)
+    qtbot.waitUntil(catalog._loading.done, timeout=30000)
+    qtbot.waitUntil(lambda: catalog.source.is_ready("smollm2-135m-instruct:Q4_1"), timeout=10000)
+    assert catalog.select_model("smollm2-135m-instruct")
+    details = catalog.details
+    assert details.state_label.text() == f"Downloaded: {smollm2_model.resolve()}"
+    assert details.serve_button.isEnabled()
+    qtbot.mouseClick(details.serve_button, Qt.MouseButton.LeftButton)
+    services = window.page("services")
+    assert isinstance(services, ServicesPage)
+    qtbot.waitUntil(lambda: isinstance(services.active_dialog, NewServiceDialog), timeout=20000)
+    assert services.active_dialog.model_combo.currentData() == str(smollm2_model.resolve())
+    services.active_dialog.reject()
+    qtbot.waitUntil(lambda: services.active_dialog is None)

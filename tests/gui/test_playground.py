@@ -3,6 +3,7 @@ tests/faultserver.py on 127.0.0.1, and a real llama.cpp server with SmolLM2."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -174,14 +175,72 @@ def test_errors_show_in_the_answer_and_other_answers_still_work(
     assert answer.badge.text() == "error"
     assert "out of memory" in answer.figures.text()
     assert stored(page)[-1].state == "error"
+    # No answer at all: the send leaves the history (the prompt goes back in the box), and
+    # the notice above the prompt says why, with Retry.
     use(page, "http://127.0.0.1:9", "x")  # nothing listens there
-    refused = send(qtbot, page, "Anyone?")
-    wait_answer(qtbot, page)
-    assert refused.badge.text() == "error" and "cannot reach" in refused.figures.text()
+    before = stored(page)
+    page.prompt.setPlainText("Anyone?")
+    page.send()
+    qtbot.waitUntil(lambda: page.notice.isVisible() and not page.streaming, timeout=10000)
+    text = page.notice.label.text()
+    assert text.startswith("No answer from http://127.0.0.1:9") and "cannot reach" in text
+    assert not page.notice.start_button.isVisibleTo(page)
+    assert stored(page) == before and page.chat.last().role == "assistant"
+    assert page.prompt.toPlainText() == "Anyone?"
     use(page, fault_server.url, "normal")
-    fine = send(qtbot, page, "Now?")
+    page.notice.retry_button.click()
+    fine = new_answer(qtbot, page, page.chat.messages())
     wait_answer(qtbot, page)
     assert fine.text() == ANSWER_TEXT and not fine.badge.isVisible()
+    assert not page.notice.isVisible()
+    assert [m.content for m in stored(page)[-2:]] == ["Anyone?", ANSWER_TEXT]
+
+
+def test_a_stopped_service_is_said_with_start_and_retry_and_nothing_is_stored(
+    qtbot: Any, page: PlaygroundPage, smollm2_model: Path
+) -> None:
+    """A real local SmolLM2 service, chosen in the Playground, then stopped: the choice stays
+    on it (marked stopped, not "Custom endpoint"), a send says it is stopped and stores
+    nothing, Start starts it, Retry sends."""
+    from podlab.core.serving.planning import ServeRequest
+    from podlab.ui.service_bridge import service_bridge_for
+    from podlab.ui.widgets.generation_form import CUSTOM
+
+    bridge = service_bridge_for(page.lab)
+    manager = bridge.manager
+
+    def run(coro: Any, timeout: int = 120000) -> Any:
+        future = asyncio.ensure_future(coro)
+        qtbot.waitUntil(future.done, timeout=timeout)
+        return future.result()
+
+    service = run(manager.serve(ServeRequest(smollm2_model, engine="local")))
+    try:
+        run(bridge.refresh())
+        page.select_service(service.id)
+        assert page.picker.current_service() is service
+        page.prompt.setPlainText("Say hi")
+        run(manager.stop(service))
+        combo = page.picker.service_combo
+        assert combo.currentText() == f"{service.name} (stopped)" and combo.currentText() != CUSTOM
+
+        conversations = len(page.store.list_conversations())
+        assert page.send() is None  # nothing sent
+        assert page.notice.isVisible() and page.notice.start_button.isVisibleTo(page)
+        assert page.notice.label.text().startswith(f"{service.name} is stopped")
+        assert page.chat.messages() == [] and page.prompt.toPlainText() == "Say hi"
+        assert len(page.store.list_conversations()) == conversations
+
+        page.notice.start_button.click()
+        qtbot.waitUntil(lambda: "running again" in page.notice.label.text(), timeout=120000)
+        assert service.state.running
+        page.notice.retry_button.click()
+        answer = new_answer(qtbot, page, [])
+        wait_answer(qtbot, page, timeout=60000)
+        assert answer.text() and not answer.badge.isVisible()
+        assert [m.role for m in stored(page)] == ["user", "assistant"]
+    finally:
+        run(manager.delete(service.id), timeout=30000)
 
 
 def test_regenerate_and_edit_and_resend(

@@ -30,7 +30,6 @@ from podlab.ui.models.services_model import (
     COL_DEVICE,
     COL_ENGINE,
     COL_STATE,
-    LevelRole,
     device_badge,
 )
 from podlab.ui.pages.services import ServicesPage
@@ -346,11 +345,19 @@ def test_a_gpu_that_cannot_be_passed_is_never_a_silent_cpu_fallback(
     qtbot.waitUntil(lambda: page.active_dialog is None, timeout=10000)
     assert page.last_task is None
 
-    # The local engine needs no CDI: it starts, and the badge says the GPU went unused
-    # (this llama-cpp-python is a CPU build), instead of a quiet "CPU".
+    # The local engine needs no CDI; this llama-cpp-python is a CPU build (asked of it), so
+    # the GPU choice is disabled with the reason before anything starts, and it runs on the CPU.
+    import llama_cpp
+
+    assert not llama_cpp.llama_supports_gpu_offload()
     dialog = open_dialog_with("local")
     assert "no CDI spec" not in dialog.gpu_note.text()
-    assert "NVIDIA H100" in dialog.gpu_note.text()
+    assert "CPU-only build" in dialog.gpu_note.text()
+    assert not dialog.gpu_combo.isEnabled() and "CPU only" in dialog.gpu_combo.toolTip()
+    assert dialog.values().gpu == "none"
+    dialog.set_choice(dialog.engine_combo, "podman")  # a container can still be given the GPU
+    assert dialog.gpu_combo.isEnabled() and dialog.gpu_combo.toolTip() == ""
+    dialog.set_choice(dialog.engine_combo, "local")
     dialog.start_button.click()
     qtbot.waitUntil(lambda: page.last_task is not None, timeout=10000)
     task = page.last_task
@@ -358,10 +365,7 @@ def test_a_gpu_that_cannot_be_passed_is_never_a_silent_cpu_fallback(
     assert task.state is TaskState.DONE, f"{task.error}\n" + "\n".join(task.log)
     service = page.selected()
     assert service is not None and service.state is ServiceState.READY
-    assert cell(page, service.id, COL_DEVICE) == "CPU (GPU unused)"
-    row = page.model.row_of(service.id)
-    assert page.model.index(row, COL_DEVICE).data(LevelRole) == "error"
-    assert "runs on the CPU" in page.details.overview.text()
+    assert cell(page, service.id, COL_DEVICE) == "CPU"
 
 
 def test_the_device_badge_says_what_the_server_log_said() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,101 @@ def test_settings_page_shows_the_log_file(window: MainWindow) -> None:
     label = page.findChild(QLabel, "log-file")
     assert label is not None
     assert str(window.lab.locations.log_file) in label.text()
+
+
+def test_ctrl_q_closes_the_window(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtCore import Qt
+
+    assert window.isVisible()
+    qtbot.keyClick(window, Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=2000)
+
+
+def test_the_playground_has_a_real_icon(window: MainWindow) -> None:
+    from PySide6.QtWidgets import QStyle
+
+    def image(icon: object) -> QImage:
+        assert hasattr(icon, "pixmap")
+        return icon.pixmap(20, 20).toImage()
+
+    icons = [image(window.nav.item(row).icon()) for row in range(window.nav.count())]
+    question = image(window.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxQuestion))
+    playground = icons[[p.key for p in PAGES].index("playground")]
+    assert not playground.isNull() and playground != question
+    assert sum(icon == playground for icon in icons) == 1  # no other page has it
+
+
+def test_closing_with_services_running_asks_and_remembers(
+    qtbot, qloop, smollm2_model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A real local llama-cpp-python service runs while the window closes: Cancel keeps the
+    window, "Keep running" with "Remember my answer" closes it and leaves the service up, the
+    next window closes without asking, and "stop" (from the settings) stops it."""
+    from PySide6.QtWidgets import QCheckBox
+
+    from podlab.core.serving.planning import ServeRequest
+    from podlab.core.settings import load_settings
+    from podlab.ui.service_bridge import service_bridge_for
+
+    def open_window() -> MainWindow:
+        win = MainWindow(Lab.open())
+        qtbot.addWidget(win)
+        win.show()
+        win.show_page("dashboard")
+        return win
+
+    win = open_window()
+    manager = service_bridge_for(win.lab).manager
+    serving = asyncio.ensure_future(manager.serve(ServeRequest(smollm2_model, engine="local")))
+    qtbot.waitUntil(serving.done, timeout=120000)
+    service = serving.result()
+    try:
+        # Shown while it runs: the tray icon where the desktop has one, else the status bar.
+        if win.tray is not None:
+            assert win.tray.isVisible() and "1 service running" in win.tray.toolTip()
+        else:
+            assert win.running_label.isVisible()
+            assert win.running_label.text() == "● 1 service running"
+
+        win.close()
+        qtbot.waitUntil(lambda: win.close_dialog is not None, timeout=5000)
+        dialog = win.close_dialog
+        assert service.name in dialog.text_label.text()
+        dialog.reject_button.click()  # Cancel
+        qtbot.waitUntil(lambda: win.close_dialog is None, timeout=5000)
+        assert win.isVisible()
+
+        win.close()
+        qtbot.waitUntil(lambda: win.close_dialog is not None, timeout=5000)
+        dialog = win.close_dialog
+        remember = dialog.findChild(QCheckBox, "remember")
+        remember.setChecked(True)
+        keep = next(b for b in dialog.buttons.buttons() if b.text() == "Keep running and quit")
+        keep.click()
+        qtbot.waitUntil(lambda: not win.isVisible(), timeout=5000)
+        assert load_settings().settings.services_on_close == "keep"
+        assert service.state.running and service.pid is not None
+        os.kill(service.pid, 0)  # still there
+
+        # The answer is remembered: a new window finds the service and closes without asking.
+        again = open_window()
+        bridge = service_bridge_for(again.lab)
+        refreshed = asyncio.ensure_future(bridge.refresh())
+        qtbot.waitUntil(refreshed.done, timeout=30000)
+        assert [s.id for s in again.running_services()] == [service.id]
+        again.close()
+        assert not again.isVisible() and again.close_dialog is None
+
+        # "stop": closing stops the running services first.
+        third = open_window()
+        third.lab.settings.services_on_close = "stop"
+        bridge = service_bridge_for(third.lab)
+        refreshed = asyncio.ensure_future(bridge.refresh())
+        qtbot.waitUntil(refreshed.done, timeout=30000)
+        (found,) = third.running_services()
+        third.close()
+        qtbot.waitUntil(lambda: not third.isVisible(), timeout=30000)
+        assert not found.state.running
+    finally:
+        removal = asyncio.ensure_future(manager.delete(service.id))
+        qtbot.waitUntil(removal.done, timeout=30000)

@@ -254,6 +254,20 @@ async def test_connection_refused_is_retried_then_reported(tmp_path: Path):
     with pytest.raises(DownloadError) as error:
         await download.run()
     assert error.value.kind == "network" and "cannot connect" in error.value.message
+    assert "connection refused" in error.value.message and "Errno" not in error.value.message
+    assert "pull again" not in error.value.hint
+
+
+async def test_a_host_name_that_does_not_resolve_fails_at_once_in_plain_words(tmp_path: Path):
+    # `.invalid` never resolves (RFC 2606): what a machine without network sees for any host.
+    url = "https://models.example.invalid/m.gguf"
+    download = Download(url, tmp_path / "m.gguf", max_attempts=5, backoff_base=1, backoff_max=5)
+    with pytest.raises(DownloadError) as error:
+        await download.run()
+    assert download.progress.attempt == 1  # no retry: the first backoff alone would be ~1 s
+    assert error.value.kind == "network"
+    assert error.value.message.startswith("No connection to models.example.invalid")
+    assert "Errno" not in error.value.message and "pull again" not in error.value.hint
 
 
 @pytest.mark.parametrize("code", [404, 410])

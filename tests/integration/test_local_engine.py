@@ -82,6 +82,11 @@ async def test_local_serve_chat_stop_and_rediscovery(
     assert again.engine_problem  # Podman is absent here: said, not fatal
     lines = [line async for line in again.logs(found.id, tail=20)]
     assert any("/v1/chat/completions" in line for line in lines)
+    # Readiness (new manager) and refresh (known READY) probes ask routes this server has.
+    await service_manager.list_services()
+    log = await again.log_text(found, tail=None)
+    assert '"GET /v1/models HTTP/1.1" 200' in log and '"GET /docs HTTP/1.1" 200' in log
+    assert "/health" not in log and " 404 " not in log
     stats = await again.stats(found)
     assert stats["memory_bytes"] and stats["memory_bytes"] > 10 * 1024**2
 

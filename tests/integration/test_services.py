@@ -30,7 +30,13 @@ from podlab.core.serving.gpu.host import GpuInfo, HostProbe
 from podlab.core.serving.gpu.passthrough import plan_passthrough
 from podlab.core.serving.inference import InferenceService, ServiceState
 from podlab.core.serving.planning import ServeRequest
-from podlab.core.serving.services import ServiceEvent, ServiceManager, auth_headers, probe_ready
+from podlab.core.serving.services import (
+    ServiceEvent,
+    ServiceManager,
+    auth_headers,
+    probe_ready,
+    readiness_path,
+)
 from podlab.core.settings import Settings
 from tests import harness
 from tests.integration.conftest import ServingTier, remove_services
@@ -235,11 +241,15 @@ async def test_serve_smollm2_and_stream_through_each_server_kind(
     assert service.offload is not None and service.offload.offloaded_layers == 0
     states = [e.state for e in events if e.kind == "changed"]
     assert ServiceState.STARTING in states and states[-1] == ServiceState.READY
-    # The readiness probe asks /health first and keeps to it unless it is 404: llama-server
-    # answers it (503 while loading, then 200), llama-cpp-python has no such route.
+    # The readiness probe asks the route the server kind has: llama-server answers /health
+    # (503 while loading, then 200), llama-cpp-python has no such route (its log would show a
+    # 404 for every probe) and is asked /v1/models.
+    log = await service_manager.log_text(service, tail=None)
+    assert "GET /health" not in log or kind == "llama-cpp"
     async with httpx.AsyncClient(timeout=10) as http:
-        health = await probe_ready(http, service.endpoint, True, service.api_key)
-    assert health == (200 if kind == "llama-cpp" else 404)
+        health = await probe_ready(http, service.endpoint, "/health", service.api_key)
+        ready = await probe_ready(http, service.endpoint, readiness_path(kind), service.api_key)
+    assert health == (200 if kind == "llama-cpp" else 404) and ready == 200
     streamed, done = await stream_capital(service)
     assert done.ok and not done.interrupted and streamed == done.text
     assert done.metrics.tokens >= 1 and done.metrics.ttft_ms is not None

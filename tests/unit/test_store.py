@@ -346,3 +346,48 @@ def test_discovery_never_writes(tmp_path: Path) -> None:
     store.disk_usage()
     assert snapshot() == before
     assert not (tmp_path / "models").exists()
+
+
+def test_an_imported_catalog_file_is_hashed_linked_and_named_from_the_catalog(
+    tmp_path: Path, store: ModelStore
+) -> None:
+    """The real SmolLM2 file, imported in place, matches a catalog entry whose sha256 is its
+    hash: linked to that variant and named from the catalog, never from the GGUF's own name."""
+    from podlab.core.models.catalog import load_catalog
+    from tests import harness
+
+    smollm2 = harness.smollm2_path()
+    digest = hashlib.sha256(smollm2.read_bytes()).hexdigest()
+    catalog_file = tmp_path / "mine.yaml"
+    catalog_file.write_text(
+        "version: 1\nmodels:\n"
+        "  - id: tiny-chat\n"
+        "    name: Tiny Chat 135M\n"
+        "    variants:\n"
+        "      - id: tiny-chat:Q4_1\n"
+        "        quantization: Q4_1\n"
+        "        file_name: tiny.gguf\n"
+        "        url: https://example.invalid/tiny.gguf\n"
+        f"        sha256: {digest}\n"
+        f"        size: {smollm2.stat().st_size}\n"
+    )
+    catalog = load_catalog([catalog_file], include_user_dir=False, include_bundled=False).catalog
+
+    entry = store.import_gguf(smollm2)
+    assert entry.metadata is not None and entry.metadata.name  # the GGUF has its own name...
+    assert entry.name == smollm2.name.removesuffix(".gguf")  # ...the file's name is used
+    assert entry.variant_id is None and entry.sha256 is None
+
+    linked = store.recognise(entry.id, catalog)
+    assert linked is not None and linked.sha256 == digest and linked.sha256_source == "computed"
+    assert (linked.catalog_id, linked.variant_id) == ("tiny-chat", "tiny-chat:Q4_1")
+    assert linked.name == "Tiny Chat 135M" and linked.quantization == "Q4_1"
+    assert linked.state == READY and linked.path == smollm2.resolve() and not linked.managed
+    assert store.get(entry.id) == linked  # recorded in the manifest
+
+    # A file that is no catalog's: hashed, not linked, still named from its file.
+    other = tmp_path / "other" / "Other-Q4_K_M.gguf"
+    write_gguf(other)
+    alone = store.recognise(store.import_gguf(other).id, catalog)
+    assert alone is not None and alone.variant_id is None and alone.name == "Other-Q4_K_M"
+    assert alone.sha256 == hashlib.sha256(other.read_bytes()).hexdigest()

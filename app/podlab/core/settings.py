@@ -17,6 +17,7 @@ from podlab.core.paths import Locations, atomic_write_text
 
 ENGINES = ("auto", "podman", "local")
 THEMES = ("system", "light", "dark")
+SERVICES_ON_CLOSE = ("ask", "keep", "stop")
 
 
 def _setting(default: Any, help_text: str) -> Any:
@@ -55,6 +56,10 @@ class Settings:
     )
     default_context_size: int = _setting(
         4096, "Context length for new services and for the hardware fit estimate."
+    )
+    services_on_close: str = _setting(
+        "ask",
+        "When the window closes with services running: ask, keep them running, or stop them.",
     )
     server_images: dict[str, str] = field(
         default_factory=dict,
@@ -104,6 +109,9 @@ def _check_range(name: str, value: Any) -> str | None:
         return f"'engine' must be one of {', '.join(ENGINES)}, not {value!r}"
     if name == "theme" and value not in THEMES:
         return f"'theme' must be one of {', '.join(THEMES)}, not {value!r}"
+    if name == "services_on_close" and value not in SERVICES_ON_CLOSE:
+        choices = ", ".join(SERVICES_ON_CLOSE)
+        return f"'services_on_close' must be one of {choices}, not {value!r}"
     if name in ("max_parallel_downloads", "default_context_size") and value < 1:
         return f"'{name}' must be at least 1"
     if name == "download_stall_seconds" and value <= 0:

@@ -126,7 +126,7 @@ def run_gui(argv: list[str]) -> int:
     instance = InstanceServer(instance_name, window)
     instance.listen()
     instance.sig_launched.connect(lambda later: _on_later_launch(window, later))
-    notifier = TaskNotifier(lab, window)
+    notifier = TaskNotifier(lab, window, tray=lambda: window.tray)
     window.on_close(notifier.detach)
     open_launch_files(window, files)
     _quit_on_signals(app)

@@ -57,7 +57,8 @@ class DownloadBridge(QObject):
     """Emitted with (store model id, fraction 0..1 or None) while a download runs."""
 
     sig_download_finished = Signal(str, str)
-    """Emitted with (store model id, "" on success or the error message) when a download ends."""
+    """Emitted with (store model id, "" on success, "cancelled", or the error message and its
+    hint) when a download ends."""
 
     def __init__(self, lab: Lab, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -91,9 +92,31 @@ class DownloadBridge(QObject):
         return await asyncio.to_thread(self.store.disk_usage)
 
     async def import_gguf(self, path: Path, *, copy: bool = False) -> StoredModel:
+        """Register the file at once; then hash it as a task (a thread reads it), and when it
+        is byte for byte a catalog file, link it to that entry (see `ModelStore.recognise`)."""
         entry = await asyncio.to_thread(self.store.import_gguf, path, copy=copy)
         self.sig_store_changed.emit()
+        if entry.variant_id is None:
+            self.start_recognise(entry)
         return entry
+
+    def start_recognise(self, entry: StoredModel) -> Task:
+        """Hash an imported file and link it to its catalog entry, as a Tasks page task."""
+        store_id = entry.id
+
+        async def work(task: Task) -> None:
+            task.report(detail="computing its sha256")
+            load = await self.catalog()
+            found = await asyncio.to_thread(self.store.recognise, store_id, load.catalog)
+            if found is not None and found.variant_id:
+                task.report(1.0, f"the catalog's {found.name} ({found.variant_id})")
+            else:
+                task.report(1.0, "not a catalog file")
+            if found is not None and found.sha256:
+                task.add_log(f"sha256 {found.sha256}")
+            self.sig_store_changed.emit()
+
+        return self.lab.tasks.start(f"Recognise {entry.name}", "import", work)
 
     async def remove(self, model_id: str) -> RemoveResult:
         task = self._active.get(model_id)
@@ -224,6 +247,9 @@ class DownloadBridge(QObject):
             task.report(1.0, f"{format_bytes(entry.size)} · done")
         except asyncio.CancelledError:
             error = "cancelled"
+            raise
+        except PodlabError as exc:
+            error = f"{exc.message}. {exc.hint}" if exc.hint else exc.message
             raise
         except Exception as exc:
             error = str(exc) or type(exc).__name__

@@ -1,7 +1,14 @@
-"""The main window: a navigation list of pages, the pages themselves, and a status bar."""
+"""The main window: a navigation list of pages, the pages themselves, and a status bar.
+
+Closing it (or Ctrl+Q, or Quit in the tray icon's menu) with services running asks whether to
+keep them running or stop them, unless the answer was remembered (setting
+`services_on_close`). While services run, a tray icon (where the desktop has a tray) or a
+status bar label says how many.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,24 +17,36 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
+    QDialogButtonBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
+    QMenu,
     QStackedWidget,
     QStyle,
+    QSystemTrayIcon,
+    QVBoxLayout,
     QWidget,
 )
 
+from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
+from podlab.core.settings import save_settings
 from podlab.ui import background
 from podlab.ui.page_host import PageHost
 
 if TYPE_CHECKING:
+    from podlab.core.serving.inference import InferenceService
     from podlab.ui.pages.playground import PlaygroundPage
     from podlab.ui.pages.services import ServicesPage
+    from podlab.ui.service_bridge import MessageDialog
+
+KEEP_RUNNING = 2
+"""The close dialog's result for "Keep running" (Accepted, 1, stops them; Rejected cancels)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +66,7 @@ PAGES: tuple[PageEntry, ...] = (
     PageEntry("catalog", "Catalog", "SP_FileDialogContentsView", "catalog"),
     PageEntry("models", "Models", "SP_DriveHDIcon", "models"),
     PageEntry("services", "Services", "SP_MediaPlay", "services"),
-    PageEntry("playground", "Playground", "SP_MessageBoxQuestion", "playground"),
+    PageEntry("playground", "Playground", "SP_CommandLink", "playground"),
     PageEntry("compare", "Compare", "SP_FileDialogListView", "compare"),
     PageEntry("recipes", "Recipes", "SP_DirIcon", "recipes"),
     PageEntry("tasks", "Tasks", "SP_BrowserReload", "tasks"),
@@ -70,6 +89,11 @@ class MainWindow(QMainWindow):
         self.setMinimumSize(QSize(900, 600))
         self._pages: dict[str, QWidget] = {}
         self._close_handlers: list[Callable[[], None]] = []
+        self._leaving = False
+        """Set once the user chose what happens to running services: the next close closes."""
+        self.close_dialog: MessageDialog | None = None
+        """The "services are running" question while it is open (tests answer it)."""
+        self.tray: QSystemTrayIcon | None = None
 
         self.nav = QListWidget()
         self.nav.setObjectName("navigation")
@@ -97,7 +121,12 @@ class MainWindow(QMainWindow):
 
         self.engine_label = QLabel("Container engine: checking…")
         self.engine_label.setObjectName("engine-status")
+        self.running_label = QLabel()
+        self.running_label.setObjectName("running-services")
+        self.running_label.hide()
+        self.statusBar().addPermanentWidget(self.running_label)
         self.statusBar().addPermanentWidget(self.engine_label)
+        self.statusBar().messageChanged.connect(self._on_status_message_changed)
         for error in lab.loaded_settings.errors:
             self.statusBar().showMessage(f"Settings: {error} (defaults used)")
 
@@ -145,6 +174,10 @@ class MainWindow(QMainWindow):
             shortcut = QShortcut(QKeySequence(f"Ctrl+{index + 1}"), self)
             shortcut.setWhatsThis(f"Show the {page.title} page")
             shortcut.activated.connect(lambda row=index: self.nav.setCurrentRow(row))
+        quit_shortcut = QShortcut(QKeySequence("Ctrl+Q"), self)
+        quit_shortcut.setWhatsThis("Quit Podlab (asks first when services run)")
+        quit_shortcut.activated.connect(self.close)
+        self._watch_services()
         for keys in ("F1", "Ctrl+/"):
             shortcut = QShortcut(QKeySequence(keys), self)
             shortcut.setWhatsThis("List the keyboard shortcuts")
@@ -186,7 +219,13 @@ class MainWindow(QMainWindow):
         return page
 
     def show_status(self, text: str, timeout_ms: int = 10000) -> None:
+        """The message, and in the bar's tooltip whole (a long one is cut at the window edge)."""
         self.statusBar().showMessage(text, timeout_ms)
+        self.statusBar().setToolTip(text)
+
+    def _on_status_message_changed(self, text: str) -> None:
+        if not text:
+            self.statusBar().setToolTip("")
 
     def set_engine_status(self, text: str, tooltip: str = "", ok: bool = True) -> None:
         self.engine_label.setText(text)
@@ -205,11 +244,130 @@ class MainWindow(QMainWindow):
         self.stack.setCurrentIndex(row)
         self.sig_page_changed.emit(key)
 
+    # -- running services: shown while the window is open, asked about when it closes ---------
+
+    def running_services(self) -> list[InferenceService]:
+        """The services this window's Lab knows to be running (none before the first look)."""
+        from podlab.ui.service_bridge import service_bridge_for
+
+        return [s for s in service_bridge_for(self.lab).services() if s.state.running]
+
+    def _watch_services(self) -> None:
+        from podlab.ui.service_bridge import service_bridge_for
+
+        bridge = service_bridge_for(self.lab)
+        bridge.sig_service_event.connect(self._show_running)
+        bridge.sig_services_listed.connect(self._show_running)
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self.tray = QSystemTrayIcon(window_icon(), self)
+            menu = QMenu(self)
+            menu.addAction("Show Podlab", self._show_from_tray)
+            menu.addAction("Quit", self.close)
+            self.tray.setContextMenu(menu)
+            self.tray.activated.connect(lambda _reason: self._show_from_tray())
+        self._show_running()
+
+    def _show_running(self, *_args: object) -> None:
+        count = len(self.running_services())
+        text = f"{count} service{'s' if count != 1 else ''} running" if count else ""
+        if self.tray is not None:
+            self.tray.setToolTip(f"Podlab: {text}")
+            self.tray.setVisible(bool(count))
+        else:
+            self.running_label.setText(f"● {text}")
+            self.running_label.setToolTip("Services keep answering until they are stopped")
+            self.running_label.setVisible(bool(count))
+
+    def _show_from_tray(self) -> None:
+        self.showNormal()
+        self.raise_()
+        self.activateWindow()
+
     def closeEvent(self, event: QCloseEvent) -> None:
+        keep = self._leaving or self.lab.settings.services_on_close == "keep"
+        running = [] if keep else self.running_services()
+        if running:
+            event.ignore()
+            if self.close_dialog is None:
+                background.start(self._close_with_services(running), "close the window")
+            return
+        if self.tray is not None:
+            self.tray.hide()
         for handler in self._close_handlers:
             handler()
         background.cancel_all()
         super().closeEvent(event)
+
+    async def _close_with_services(self, running: list[InferenceService]) -> None:
+        choice = self.lab.settings.services_on_close
+        if choice == "ask":
+            choice = await self._ask_about_services(running)
+            if not choice:
+                return
+        if choice == "stop":
+            from podlab.ui.service_bridge import service_bridge_for
+
+            manager = service_bridge_for(self.lab).manager
+            self.show_status(f"Stopping {len(running)} running services…", 0)
+            results = await asyncio.gather(
+                *(manager.stop(service) for service in running), return_exceptions=True
+            )
+            failed = [
+                s.name
+                for s, r in zip(running, results, strict=True)
+                if isinstance(r, BaseException)
+            ]
+            if failed:
+                self.show_status(f"Could not stop {', '.join(failed)}; see the Services page", 0)
+                return
+        self._leaving = True
+        self.close()
+
+    async def _ask_about_services(self, running: list[InferenceService]) -> str:
+        """ "stop", "keep", or "" when the user cancelled the close."""
+        from podlab.ui.service_bridge import MessageDialog, exec_dialog
+
+        names = ", ".join(service.name for service in running)
+        dialog = MessageDialog(
+            self,
+            "Services are running",
+            f"{len(running)} service{'s are' if len(running) != 1 else ' is'} still running: "
+            f"{names}.",
+            "Stopped services free their memory; running ones keep answering after Podlab "
+            "closes, and Podlab finds them again when it starts.",
+            level="question",
+            accept_text="Stop them and quit",
+            reject_text="Cancel",
+        )
+        keep = dialog.buttons.addButton(
+            "Keep running and quit", QDialogButtonBox.ButtonRole.ActionRole
+        )
+        keep.clicked.connect(lambda: dialog.done(KEEP_RUNNING))
+        remember = QCheckBox("Remember my answer")
+        remember.setObjectName("remember")
+        remember.setToolTip("Change it later in Settings: Services when closing")
+        layout = dialog.layout()
+        assert isinstance(layout, QVBoxLayout)
+        layout.insertWidget(1, remember)
+        remembered: list[bool] = []  # read when answered: the dialog deletes itself on close
+        remember.toggled.connect(lambda on: remembered.append(on))
+        self.close_dialog = dialog
+        try:
+            result = await exec_dialog(dialog)
+            choice = {1: "stop", KEEP_RUNNING: "keep"}.get(result, "")
+            if choice and remembered and remembered[-1]:
+                self._remember(choice)
+            return choice
+        finally:
+            self.close_dialog = None
+
+    def _remember(self, choice: str) -> None:
+        loaded = self.lab.loaded_settings
+        loaded.settings.services_on_close = choice
+        try:
+            save_settings(loaded)
+        except (PodlabError, OSError) as exc:
+            self.show_status(f"Your answer was not remembered: {exc}", 15000)
 
 
 def window_icon() -> QIcon:

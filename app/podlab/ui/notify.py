@@ -8,6 +8,7 @@ says so (through the system tray, where the desktop has one; otherwise only a lo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PySide6.QtCore import QObject
@@ -38,14 +39,20 @@ def notification_for(task: Task, window_active: bool) -> Notification | None:
 
 class TaskNotifier(QObject):
     """Watches the Lab's tasks and notifies about the ones that end while the window is not
-    active. `tray` is the app's tray icon when it has one; otherwise one is made for messages
-    where the desktop has a system tray."""
+    active. `tray` gives the app's tray icon when it has one (the window makes it while services
+    run); otherwise one is made for messages where the desktop has a system tray."""
 
-    def __init__(self, lab: Lab, window: QWidget, tray: QSystemTrayIcon | None = None) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        window: QWidget,
+        tray: Callable[[], QSystemTrayIcon | None] | None = None,
+    ) -> None:
         super().__init__(window)
         self._lab = lab
         self._window = window
-        self._tray = tray
+        self._app_tray = tray
+        self._tray: QSystemTrayIcon | None = None
         self._announced: set[int] = set()
         self._subscribed = True
         lab.tasks.subscribe(self._on_task)
@@ -81,6 +88,9 @@ class TaskNotifier(QObject):
         tray.showMessage(notification.title, notification.text, icon, 10000)
 
     def _tray_icon(self) -> QSystemTrayIcon | None:
+        shared = self._app_tray() if self._app_tray is not None else None
+        if shared is not None:
+            self._tray = shared
         if self._tray is None and QSystemTrayIcon.isSystemTrayAvailable():
             self._tray = QSystemTrayIcon(self._window.windowIcon(), self)
             self._tray.show()

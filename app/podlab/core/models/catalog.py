@@ -130,6 +130,16 @@ class Catalog:
                 return model, found
         return None
 
+    def find_sha256(self, digest: str) -> tuple[ModelInfo, ModelVariant] | None:
+        """The variant whose file has this sha256 (an imported file that is byte for byte a
+        catalog download)."""
+        wanted = digest.lower()
+        for model in self.models.values():
+            for variant in model.variants:
+                if variant.sha256 and variant.sha256.lower() == wanted:
+                    return model, variant
+        return None
+
     def search(self, text: str) -> list[ModelInfo]:
         """Models whose id, name, publisher, license, capabilities, quantizations or
         description contain `text` (case-insensitive)."""

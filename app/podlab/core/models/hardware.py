@@ -18,9 +18,11 @@ Thresholds (also in the constants below):
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -90,6 +92,18 @@ higher precision, so a Q4_K_M file averages about 4.9 bits. Used only when the f
 unknown; a real file size always wins. Unknown names count as 16 bits (unquantized)."""
 
 UNKNOWN_BITS = 16.0
+
+
+@functools.cache
+def llama_cpp_offloads_to_gpu(python: str) -> bool:
+    """Whether the llama-cpp-python of `python` (the local engine's) was built with GPU
+    support; a CPU build ignores every GPU choice. Asked once per interpreter (~0.5 s)."""
+    check = "import sys, llama_cpp; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 3)"
+    try:
+        done = subprocess.run([python, "-c", check], capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def bits_per_weight(quantization: str | None) -> float | None:

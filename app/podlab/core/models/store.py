@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from podlab.core.errors import PodlabError
@@ -42,6 +42,9 @@ from podlab.core.models.download import (
 )
 from podlab.core.models.modelinfo import ModelInfo, ModelVariant
 from podlab.core.paths import Locations, atomic_write_text
+
+if TYPE_CHECKING:
+    from podlab.core.models.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -679,7 +682,9 @@ class ModelStore:
             "format": MANIFEST_FORMAT,
             "id": model_id,
             "source": "imported",
-            "name": metadata.name or source.stem,
+            # The file's name, which the user chose and knows; a GGUF's internal name is often
+            # a training run's ("Smollm2 135M 8k Lc100K Mix1 Ep2").
+            "name": source.name.removesuffix(".gguf"),
             "file_name": file_name,
             "url": None,
             "imported_path": str(source),
@@ -695,6 +700,34 @@ class ModelStore:
             folder.mkdir(parents=True, exist_ok=True)
             manifest["sha256"] = _copy_with_sha256(source, folder / file_name)
             manifest["sha256_source"] = "computed"
+        self._write_manifest(manifest)
+        return self._entry(folder, manifest)
+
+    def recognise(self, model_id: str, catalog: Catalog) -> StoredModel | None:
+        """Hash an imported file (streaming; seconds per GB, so callers run it in a thread)
+        and link it to the catalog variant with that sha256: the Catalog then shows it as on
+        this machine and serves it, under the catalog's name. Returns the entry, or None when
+        it is gone."""
+        folder = self._model_dir(model_id)
+        manifest = self._read_manifest(folder)
+        if manifest is None:
+            return None
+        entry = self._entry(folder, manifest)
+        if entry.state != READY:
+            return entry
+        if not manifest.get("sha256"):
+            manifest["sha256"] = sha256_of_file(entry.path)
+            manifest["sha256_source"] = "computed"
+        found = catalog.find_sha256(str(manifest["sha256"]))
+        if found is not None:
+            model, variant = found
+            if variant.size is None or variant.size == entry.size:
+                manifest.update(
+                    catalog_id=model.id,
+                    variant_id=variant.id,
+                    name=model.name,
+                    quantization=variant.quantization or manifest.get("quantization"),
+                )
         self._write_manifest(manifest)
         return self._entry(folder, manifest)
 
@@ -906,6 +939,18 @@ class ModelStore:
         return entries
 
 
+def sha256_of_file(path: Path) -> str:
+    """The file's sha256, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as reader:
+            while chunk := reader.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise PodlabError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return digest.hexdigest()
+
+
 def _copy_with_sha256(source: Path, dest: Path) -> str:
     """Copy through a .partial file, hashing on the way; fsync and rename at the end."""
     partial = dest.with_name(dest.name + ".partial")
@@ -939,4 +984,5 @@ __all__ = [
     "parse_size_label",
     "read_gguf_metadata",
     "safe_id",
+    "sha256_of_file",
 ]

@@ -4,8 +4,8 @@
 
 * `prepare(request)` resolves the model, plans the GPU and builds the `ContainerSpec` (no side
   effect: `--dry-run` prints it; see `planning`); `create(request)` creates the container (or
-  the local record) and `start()` starts it and waits until it answers (`GET /health` 200, else
-  `GET /v1/models` 200), failing with the server's log tail when it exits or times out.
+  the local record) and `start()` starts it and waits until it answers 200 on the route its server
+  kind has (`readiness_path`), failing with the server's log tail when it exits or times out.
   `serve(request)` is both.
 * `stop()`, `restart()`, `delete()`, `list_services()`, `get()`, `logs()` (an async iterator,
   `follow` included) and `stats()` work the same for both engines: each engine is a backend
@@ -81,14 +81,25 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def readiness_path(server_kind: str) -> str:
+    """The route that answers 200 once the model is loaded. llama-cpp-python has no /health
+    (probing it would log a 404 every time); llama-server and vLLM have it."""
+    return "/v1/models" if server_kind == "llama-cpp-python" else "/health"
+
+
+def liveness_path(server_kind: str) -> str:
+    """A route that answers without touching the model (see `ServiceManager._probe`):
+    llama-cpp-python's /v1/models waits for its model lock, its /docs page does not."""
+    return "/docs" if server_kind == "llama-cpp-python" else "/health"
+
+
 async def probe_ready(
-    client: httpx.AsyncClient, endpoint: str, use_health: bool, api_key: str | None = None
+    client: httpx.AsyncClient, endpoint: str, path: str, api_key: str | None = None
 ) -> int | None:
-    """One readiness probe: 200 means ready; returns the status of the URL tried (None when
-    nothing answered)."""
-    url = f"{endpoint}/health" if use_health else f"{endpoint}/v1/models"
+    """One probe of `path`, with the service's key: returns its status (None when nothing
+    answered)."""
     try:
-        response = await client.get(url, headers=auth_headers(api_key))
+        response = await client.get(f"{endpoint}{path}", headers=auth_headers(api_key))
     except httpx.HTTPError:
         return None
     return response.status_code
@@ -99,29 +110,31 @@ async def wait_ready(
     *,
     within: float,
     dead: Callable[[], Awaitable[str | None]],
+    server_kind: str = "llama-cpp",
     interval: float = 0.05,
     check_every: float = 0.5,
     api_key: str | None = None,
 ) -> None:
-    """Poll `/health` (then `/v1/models` when /health is 404) until 200.
+    """Poll the server kind's `readiness_path` until 200 (an image without /health that
+    answers it 404 is asked /v1/models instead).
 
     `dead()` says why the server is gone (or None); it is asked every `check_every` seconds.
     Raises TimeoutError or RuntimeError(reason).
     """
     deadline = time.monotonic() + within
     next_check = time.monotonic() + check_every
-    use_health = True
+    path = readiness_path(server_kind)
     limits = httpx.Limits(max_keepalive_connections=0)
     timeouts = httpx.Timeout(5.0, connect=1.0)
     verify = ssl_context_for(endpoint)  # shared; loads no certificates for http://
     async with httpx.AsyncClient(timeout=timeouts, limits=limits, verify=verify) as client:
         while True:
-            status = await probe_ready(client, endpoint, use_health, api_key)
+            status = await probe_ready(client, endpoint, path, api_key)
             if status == 200:
                 return
-            if use_health and status == 404:
-                use_health = False
-                status = await probe_ready(client, endpoint, use_health, api_key)
+            if path == "/health" and status == 404:
+                path = "/v1/models"
+                status = await probe_ready(client, endpoint, path, api_key)
                 if status == 200:
                     return
             now = time.monotonic()
@@ -313,6 +326,7 @@ class ServiceManager:
                 service.endpoint,
                 within=within,
                 dead=lambda: self._backend(service).why_dead(service),
+                server_kind=service.server_kind,
                 api_key=service.api_key,
             )
         except (TimeoutError, RuntimeError) as exc:
@@ -486,10 +500,10 @@ class ServiceManager:
         """Check each running (STARTING) service of a listing, all at once; those that pass
         become READY.
 
-        A service not known to be ready gets the readiness check (`/health`, else
+        A service not known to be ready gets the readiness check (`readiness_path`, else
         `/v1/models`, answering 200). One this manager already knows as READY, in the same
-        container or process, only has to answer HTTP at all (`GET /health`: 200, or 404 from
-        a server without that route): llama-cpp-python answers `/v1/models` only between two
+        container or process, only has to answer HTTP at all (`liveness_path`, a route that
+        does not touch the model): llama-cpp-python answers `/v1/models` only between two
         generations, and by default a request waiting for its model interrupts the answer it
         is streaming, so a refresh must never ask a busy server for it.
         """
@@ -526,17 +540,19 @@ class ServiceManager:
 
     @staticmethod
     async def _answers(http: httpx.AsyncClient, service: InferenceService) -> bool:
-        for use_health in (True, False):
-            if await probe_ready(http, service.endpoint, use_health, service.api_key) == 200:
+        paths = dict.fromkeys((readiness_path(service.server_kind), "/v1/models"))
+        for path in paths:
+            if await probe_ready(http, service.endpoint, path, service.api_key) == 200:
                 return True
         return False
 
     @staticmethod
     async def _alive(http: httpx.AsyncClient, service: InferenceService) -> bool:
         """The server's HTTP side answers (without touching its model; see `_probe`): 200,
-        or a 404 (llama-cpp-python has no /health) or another client error; a 5xx (e.g.
+        or a client error (e.g. a 404 from a custom image without the route); a 5xx (e.g.
         llama.cpp's 503 while it loads a model) or no answer within `probe_timeout` is not."""
-        status = await probe_ready(http, service.endpoint, True, service.api_key)
+        path = liveness_path(service.server_kind)
+        status = await probe_ready(http, service.endpoint, path, service.api_key)
         return status is not None and status < 500
 
     # ----------------------------------------------------------------- logs and stats
@@ -570,5 +586,7 @@ __all__ = [
     "ServiceEvent",
     "ServiceListener",
     "ServiceManager",
+    "liveness_path",
+    "readiness_path",
     "wait_ready",
 ]

@@ -64,12 +64,16 @@ class NewServiceDialog(QDialog):
         *,
         engine: str = "auto",
         context_size: int = 4096,
+        local_gpu: bool = False,
         parent: QWidget | None = None,
     ) -> None:
+        """`local_gpu`: the local engine's llama-cpp-python was built with GPU support (else
+        the GPU choice is disabled for it, with the reason)."""
         super().__init__(parent)
         self.setObjectName("new-service-dialog")
         self.setWindowTitle("New service")
         self._report = report
+        self._local_gpu = local_gpu
         self.model_combo = QComboBox()
         self.model_combo.setObjectName("model")
         for entry in models:
@@ -195,7 +199,16 @@ class NewServiceDialog(QDialog):
         self.path_edit.setReadOnly(bool(path))
 
     def _engine_chosen(self) -> None:
-        self.image_combo.setEnabled(self.engine_combo.currentData() != "local")
+        local = self.engine_combo.currentData() == "local"
+        self.image_combo.setEnabled(not local)
+        gpu_usable = not local or self._local_gpu
+        self.gpu_combo.setEnabled(gpu_usable)
+        self.gpu_combo.setToolTip(
+            ""
+            if gpu_usable
+            else "The local engine's llama-cpp-python is built for the CPU only: it cannot use "
+            "a GPU. Choose Podman (or install a GPU build) to use one."
+        )
         self._update_gpu_note()
 
     def _browse(self) -> None:
@@ -215,7 +228,11 @@ class NewServiceDialog(QDialog):
         text = diagnosis.message + (f"\nFix: {diagnosis.fix}" if diagnosis.fix else "")
         if engine == "local":
             found = self._report.gpus if want == "auto" else self._report.by_vendor(want)
-            if want != "none" and found:
+            if not self._local_gpu:
+                diagnosis = Diagnosis(
+                    "ok", "Local engine on the CPU: its llama-cpp-python is a CPU-only build."
+                )
+            elif want != "none" and found:
                 diagnosis = Diagnosis(
                     "ok",
                     f"Local engine: llama.cpp offloads to {found[0].label} if llama-cpp-python "
@@ -261,6 +278,6 @@ class NewServiceDialog(QDialog):
         return ServeRequest(
             model=str(Path(self.path_edit.text().strip()).expanduser()),
             engine=str(self.engine_combo.currentData()),
-            gpu=str(self.gpu_combo.currentData()),
+            gpu=str(self.gpu_combo.currentData()) if self.gpu_combo.isEnabled() else "none",
             options=options,
         )

@@ -110,6 +110,7 @@ class CatalogTableModel(RowTableModel[_Row]):
         self._sizes: dict[str, int | None] = {}
         self._stored: dict[str, StoredModel] = {}
         self._progress: dict[str, float | None] = {}
+        self._failed: dict[str, str] = {}
         self._sort_keys: dict[int, list[object]] = {}
         self._sort_spec: tuple[int, Qt.SortOrder] = (-1, Qt.SortOrder.AscendingOrder)
         self._sort_generation = -1
@@ -304,11 +305,24 @@ class CatalogTableModel(RowTableModel[_Row]):
     def set_progress(self, variant_id: str, fraction: float | None) -> None:
         """A running download's progress (None: size unknown yet)."""
         self._progress[variant_id] = fraction
+        self._failed.pop(variant_id, None)
         self._row_changed(self._variant_row.get(variant_id, -1))
 
     def clear_progress(self, variant_id: str) -> None:
         self._progress.pop(variant_id, None)
         self._row_changed(self._variant_row.get(variant_id, -1))
+
+    def set_failure(self, variant_id: str, message: str) -> None:
+        """The last download of a variant failed: its row and details say so until a retry."""
+        self._failed[variant_id] = message
+        self._row_changed(self._variant_row.get(variant_id, -1))
+
+    def failure(self, variant_id: str) -> str | None:
+        """Why the last download of a variant failed (None: it did not, or it was retried)."""
+        if variant_id in self._progress:
+            return None
+        entry = self._stored.get(variant_id)
+        return None if entry is not None and entry.state == READY else self._failed.get(variant_id)
 
     def downloading(self, variant_id: str) -> bool:
         return variant_id in self._progress
@@ -317,10 +331,13 @@ class CatalogTableModel(RowTableModel[_Row]):
         return self._progress.get(variant_id)
 
     def state_text(self, variant: ModelVariant) -> str:
-        """ "downloaded", "downloading 45 %", "partial 30 %" or "" (not on this machine)."""
+        """ "downloaded", "downloading 45 %", "download failed", "partial 30 %" or "" (not on
+        this machine)."""
         if variant.id in self._progress:
             fraction = self._progress[variant.id]
             return "downloading" + ("" if fraction is None else f" {fraction * 100:.0f} %")
+        if self.failure(variant.id) is not None:
+            return "download failed"
         entry = self._stored.get(variant.id)
         if entry is None:
             return ""
@@ -436,6 +453,8 @@ class CatalogTableModel(RowTableModel[_Row]):
         style = QApplication.style()
         if text == "downloaded":
             return style.standardIcon(QStyle.StandardPixmap.SP_DialogApplyButton)
+        if text == "download failed":
+            return style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
         return style.standardIcon(QStyle.StandardPixmap.SP_ArrowDown)
 
     def _tooltip(self, model: ModelInfo, variant: ModelVariant | None, column: int) -> str | None:
@@ -446,6 +465,8 @@ class CatalogTableModel(RowTableModel[_Row]):
             return result.reason
         if column == COL_NAME:
             state = self.state_text(variant) if variant else ""
+            failure = self.failure(variant.id) if variant else None
+            state = f"{state}: {failure}" if failure else state
             return f"{model.name} ({model.id})" + (f": {state}" if state else "")
         if column == COL_QUANT and len(model.variants) > 1:
             names = ", ".join(v.quantization or v.id for v in model.variants)

@@ -56,6 +56,7 @@ class StoreTableModel(RowTableModel[StoredModel]):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._progress: dict[str, float | None] = {}
+        self._failed: dict[str, str] = {}
 
     def set_entries(self, entries: Sequence[StoredModel]) -> None:
         self.beginResetModel()
@@ -73,6 +74,7 @@ class StoreTableModel(RowTableModel[StoredModel]):
 
     def set_progress(self, model_id: str, fraction: float | None) -> None:
         self._progress[model_id] = fraction
+        self._failed.pop(model_id, None)
         row = self.row_of(model_id)
         if row >= 0:
             self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
@@ -83,6 +85,18 @@ class StoreTableModel(RowTableModel[StoredModel]):
     def downloading(self, model_id: str) -> bool:
         return model_id in self._progress
 
+    def set_failure(self, model_id: str, message: str) -> None:
+        """The last download of an entry failed (shown until it is retried)."""
+        self._failed[model_id] = message
+        row = self.row_of(model_id)
+        if row >= 0:
+            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+
+    def failure(self, entry: StoredModel) -> str | None:
+        if entry.id in self._progress or entry.state != PARTIAL:
+            return None
+        return self._failed.get(entry.id)
+
     def state_text(self, entry: StoredModel) -> str:
         if entry.id in self._progress:
             fraction = self._progress[entry.id]
@@ -91,7 +105,10 @@ class StoreTableModel(RowTableModel[StoredModel]):
             return "Ready"
         if entry.state == PARTIAL:
             fraction = partial_fraction(entry)
-            return "Partial" + ("" if fraction is None else f" {fraction * 100:.0f} %")
+            done = "" if fraction is None else f" {fraction * 100:.0f} %"
+            if self.failure(entry) is not None:
+                return f"Download failed ({done.strip() or 'partial'} kept)"
+            return "Partial" + done
         if entry.state == MISSING:
             return "File missing"
         return entry.state

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import shiboken6
 from PySide6.QtCore import QEvent, QModelIndex, QObject, Qt, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -108,6 +109,20 @@ def estimate_text(estimate: MemoryEstimate) -> str:
         f"≈ {gib(estimate.total)} GiB at {estimate.ctx} tokens: weights {weights} · "
         f"KV cache {gib(estimate.kv_cache)} · overhead {gib(estimate.overhead)} GiB"
     )
+
+
+def breakable(value: str, every: int = 16) -> str:
+    """`value` with zero-width spaces where a label may wrap it: after each / and every
+    `every` characters of a run without one (a URL or a digest has no space to wrap at)."""
+    out: list[str] = []
+    run = 0
+    for char in value:
+        out.append(char)
+        run += 1
+        if char in "/?&=-_" or run >= every:
+            out.append("\u200b")
+            run = 0
+    return "".join(out)
 
 
 class ErrorBanner(QFrame):
@@ -205,6 +220,10 @@ class CatalogDetails(QWidget):
         buttons.addStretch(1)
 
         self.facts: dict[str, QLabel] = {}
+        # A URL or a digest has no space to wrap at: shown with break points anywhere, and
+        # copied whole (without them) by a Copy button.
+        self.copy_buttons: dict[str, QPushButton] = {}
+        self._copy_values: dict[str, str] = {}
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
@@ -224,15 +243,20 @@ class CatalogDetails(QWidget):
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             value.setMinimumWidth(120)
             self.facts[key] = value
-            form.addRow(label, value)
-        # A digest has no place to wrap: a frameless read-only line scrolls and copies whole.
-        self.sha_field = QLineEdit()
-        self.sha_field.setAccessibleName("SHA-256 of the file")
-        self.sha_field.setReadOnly(True)
-        self.sha_field.setFrame(False)
-        self.sha_field.setStyleSheet("QLineEdit { background: transparent; }")
-        form.replaceWidget(self.facts["sha256"], self.sha_field)
-        self.facts.pop("sha256").deleteLater()
+            if key not in ("url", "sha256"):
+                form.addRow(label, value)
+                continue
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.NoTextInteraction)
+            button = QPushButton("Copy")
+            button.setToolTip("Copy the whole value to the clipboard")
+            button.clicked.connect(lambda _checked=False, k=key: self.copy_value(k))
+            self.copy_buttons[key] = button
+            holder = QWidget()
+            row = QHBoxLayout(holder)
+            row.setContentsMargins(0, 0, 0, 0)
+            row.addWidget(value, 1)
+            row.addWidget(button, 0, Qt.AlignmentFlag.AlignTop)
+            form.addRow(label, holder)
         self.fit_icon = QLabel()
         fit_row = form.itemAt(0, QFormLayout.ItemRole.FieldRole)
         if fit_row is not None and fit_row.widget() is self.facts["fit"]:
@@ -323,30 +347,31 @@ class CatalogDetails(QWidget):
             facts["size"].setText(f"≈ {size_text(size)} (estimated; the catalog does not state it)")
         else:
             facts["size"].setText(f"{size_text(size)} ({size:,} bytes)")
-        facts["url"].setText(variant.url if variant else "")
-        self.sha_field.setText(
-            (variant.sha256 if variant and variant.sha256 else None)
-            or "published digest checked at download"
-        )
-        self.sha_field.setCursorPosition(0)
+        self._set_copyable("url", variant.url if variant else "")
+        self._set_copyable("sha256", variant.sha256 if variant and variant.sha256 else "")
+        if not (variant and variant.sha256):
+            facts["sha256"].setText("published digest checked at download")
         facts["context"].setText(
             f"{context_text(model.context_length)} tokens ({model.context_length:,})"
             if model.context_length
             else "not stated"
         )
         facts["capabilities"].setText(", ".join(model.capabilities) or "none stated")
-        facts["source"].setText(
-            model.source + (f"\n{model.provenance}" if model.provenance else "")
-        )
-        facts["source"].setToolTip(model.provenance)
+        # The catalog's `source` notes (where each fact was checked) are for its maintainers.
+        facts["source"].setText(model.source)
 
         state = self.source.state_text(variant) if variant else ""
         entry = self.source.stored(variant.id) if variant else None
         downloading = variant is not None and self.source.downloading(variant.id)
         ready = entry is not None and entry.state == READY and not downloading
+        failure = self.source.failure(variant.id) if variant else None
         if downloading:
-            self.state_label.setText(f"{state.capitalize()} — progress in the Tasks page")
+            self.state_label.setText(f"{state.capitalize()} (details on the Tasks page)")
             self.download_button.setText("Cancel download")
+            self.download_button.setEnabled(True)
+        elif failure is not None:
+            self.state_label.setText(f"Download failed: {failure}")
+            self.download_button.setText("Retry download")
             self.download_button.setEnabled(True)
         elif ready:
             assert entry is not None
@@ -371,6 +396,16 @@ class CatalogDetails(QWidget):
         tip = "" if ready else "Download the model first"
         self.serve_button.setToolTip("Start an inference service with this model" if ready else tip)
         self.playground_button.setToolTip("Chat with this model" if ready else tip)
+
+    def _set_copyable(self, key: str, value: str) -> None:
+        self._copy_values[key] = value
+        self.facts[key].setText(breakable(value))
+        self.facts[key].setToolTip(value)
+        self.copy_buttons[key].setVisible(bool(value))
+
+    def copy_value(self, key: str) -> None:
+        """Put the whole URL or digest on the clipboard."""
+        QGuiApplication.clipboard().setText(self._copy_values.get(key, ""))
 
     def _on_variant_index(self, index: int) -> None:
         if self.model is None or index < 0:
@@ -412,7 +447,7 @@ class CatalogPage(QWidget):
         self.search.setAccessibleName("Search the catalog")
         self.search.setPlaceholderText("Search name, publisher, description…")
         self.search.setClearButtonEnabled(True)
-        self.search.textChanged.connect(lambda text: self.proxy.update(text=text))
+        self.search.textChanged.connect(lambda text: self._filter(text=text))
         self.context_spin = QSpinBox()
         self.context_spin.setRange(256, 1_048_576)
         self.context_spin.setSingleStep(1024)
@@ -424,10 +459,10 @@ class CatalogPage(QWidget):
         self.context_spin.valueChanged.connect(self._on_context_changed)
         self.fits_check = QCheckBox("Fits my machine")
         self.fits_check.setToolTip("Hide models marked red: too big for this machine's memory")
-        self.fits_check.toggled.connect(lambda on: self.proxy.update(fits_only=on))
+        self.fits_check.toggled.connect(lambda on: self._filter(fits_only=on))
         self.downloaded_check = QCheckBox("Downloaded")
         self.downloaded_check.setToolTip("Only models with a finished download")
-        self.downloaded_check.toggled.connect(lambda on: self.proxy.update(downloaded_only=on))
+        self.downloaded_check.toggled.connect(lambda on: self._filter(downloaded_only=on))
 
         self.publisher_combo = self._filter_combo("All publishers", "publisher")
         self.license_combo = self._filter_combo("All licenses", "license")
@@ -618,7 +653,7 @@ class CatalogPage(QWidget):
         combo = QComboBox()
         combo.addItem(everything, "")
         combo.currentIndexChanged.connect(
-            lambda _i, c=combo, f=field: self.proxy.update(**{f: c.currentData() or ""})
+            lambda _i, c=combo, f=field: self._filter(**{f: c.currentData() or ""})
         )
         return combo
 
@@ -663,6 +698,17 @@ class CatalogPage(QWidget):
         """Select a model's row (if the filters show it); True when selected."""
         return select_source_row(self.table, self.proxy, self.source.row_of(model_id))
 
+    def _filter(self, **changes: object) -> None:
+        """Apply a filter change; the selected model stays selected while shown, else the
+        first row is (Qt alone would move the selection to a neighbouring row)."""
+        kept = self.current_model()
+        self.proxy.update(**changes)
+        if kept is not None and self.select_model(kept.id):
+            return
+        if self.proxy.rowCount():
+            self.table.setCurrentIndex(self.proxy.index(0, 0))
+            self.table.scrollToTop()
+
     def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         model = self.proxy.data(current, MODEL_ROLE) if current.isValid() else None
         self.details.show_model(model if isinstance(model, ModelInfo) else None)
@@ -682,7 +728,7 @@ class CatalogPage(QWidget):
 
     def _on_size_changed(self, index: int) -> None:
         low, high = self.size_combo.itemData(index) or (None, None)
-        self.proxy.update(min_size=low, max_size=high)
+        self._filter(min_size=low, max_size=high)
 
     # -- actions ---------------------------------------------------------------------------------
 
@@ -812,9 +858,12 @@ class CatalogPage(QWidget):
     def _on_download_finished(self, store_id: str, error: str) -> None:
         self.source.clear_progress(store_id)
         if error and error != "cancelled":
+            self.source.set_failure(store_id, error)
             self._status(f"Download failed: {error}", 15000)
         elif not error:
             self._status("Download finished; the model is on the Models page")
+        if self.details.variant is not None and self.details.variant.id == store_id:
+            self.details.refresh()
 
 
 def create_page(lab: Lab, host: PageHost) -> QWidget:

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
@@ -196,6 +197,19 @@ class Card(QFrame):
         self._body.addWidget(label)
         return label
 
+    def add_url(self, url: str) -> QLineEdit:
+        """A URL on one line: never wrapped inside the address; it scrolls when the card is
+        narrow, and selects and copies whole."""
+        field = QLineEdit(url)
+        field.setObjectName("card-url")
+        field.setReadOnly(True)
+        field.setFrame(False)
+        field.setStyleSheet("QLineEdit { background: transparent; }")
+        field.setToolTip(url)
+        field.setCursorPosition(0)
+        self._body.addWidget(field)
+        return field
+
     def add_diagnosis(self, diagnosis: Diagnosis) -> QLabel:
         colour = LEVEL_COLOURS.get(diagnosis.level, LEVEL_COLOURS["info"])
         symbol = LEVEL_SYMBOLS.get(diagnosis.level, "•")
@@ -229,6 +243,8 @@ class Card(QFrame):
                     rich.setHtml(doc)
                     doc = rich.toPlainText()
                 parts.append(doc)
+            elif isinstance(widget, QLineEdit):
+                parts.append(widget.text())
         return "\n".join(parts)
 
 
@@ -788,8 +804,10 @@ class DashboardPage(QWidget):
         for service in services[:MAX_SERVICES_LISTED]:
             line = f"{service.model_ref} — {service.state.value}"
             if service.state.running:
-                line += f" · {service.device} · {service.api_url}"
+                line += f" · {service.device}"
             card.add_text(line)
+            if service.state.running:
+                card.add_url(service.api_url)
         if len(services) > MAX_SERVICES_LISTED:
             card.add_text(f"and {len(services) - MAX_SERVICES_LISTED} more", muted=True)
         problem = self._services.manager.engine_problem

@@ -317,7 +317,9 @@ class ModelsPage(QWidget):
         facts["name"].setText(entry.name)
         facts["id"].setText(entry.id)
         facts["source"].setText(source_text(entry))
-        facts["state"].setText(self.source.state_text(entry))
+        failure = self.source.failure(entry)
+        state = self.source.state_text(entry)
+        facts["state"].setText(f"{state}: {failure}" if failure else state)
         facts["path"].setText(str(entry.path))
         facts["size"].setText(
             f"{size_text(entry.size)} ({entry.size:,} bytes)" if entry.size else "unknown"
@@ -347,6 +349,8 @@ class ModelsPage(QWidget):
         self.resume_button.setEnabled(
             entry is not None and entry.state == PARTIAL and not entry.read_only and not downloading
         )
+        failed = entry is not None and self.source.failure(entry) is not None
+        self.resume_button.setText("Retry download" if failed else "Resume")
         self.folder_button.setEnabled(entry is not None)
         self.remove_button.setEnabled(entry is not None and not entry.read_only)
         if entry is not None and entry.read_only:
@@ -496,8 +500,13 @@ class ModelsPage(QWidget):
             self._update_buttons()
             self.facts["state"].setText(self.source.state_text(current))
 
-    def _on_download_finished(self, store_id: str, _error: str) -> None:
+    def _on_download_finished(self, store_id: str, error: str) -> None:
         self.source.clear_progress(store_id)
+        if error and error != "cancelled":
+            self.source.set_failure(store_id, error)
+        current = self.current_entry()
+        if current is not None and current.id == store_id:
+            self._show_details()
 
 
 def create_page(lab: Lab, host: PageHost) -> QWidget:

@@ -68,7 +68,7 @@ from podlab.core.paths import atomic_write_text
 from podlab.core.text import readable_time
 from podlab.ui import background
 from podlab.ui.page_host import PageHost
-from podlab.ui.widgets.chat_view import ChatView, MessageWidget
+from podlab.ui.widgets.chat_view import ChatView, MessageWidget, SendNotice
 from podlab.ui.widgets.generation_form import EndpointPicker, ParamsForm
 
 log = logging.getLogger(__name__)
@@ -313,6 +313,11 @@ class PlaygroundPage(QWidget):
         separator.setFrameShadow(QFrame.Shadow.Sunken)
         middle_layout.addWidget(separator)
         middle_layout.addWidget(self.chat, 1)
+        self.notice = SendNotice()
+        self.notice.sig_start.connect(self._start_stopped_service)
+        self.notice.sig_retry.connect(self._retry_send)
+        self._retry: Callable[[], object] | None = None
+        middle_layout.addWidget(self.notice)
         middle_layout.addLayout(banner)
         middle_layout.addLayout(prompt_row)
         middle_layout.addWidget(self.status_label)
@@ -659,7 +664,7 @@ class PlaygroundPage(QWidget):
         text = self.prompt.toPlainText().strip()
         if not text or self.streaming or self._closed:
             return None
-        if not self._check_endpoint():
+        if not self._check_endpoint() or self._refuse_stopped_service(self.send):
             return None
         return self._start(lambda: self._send(text))
 
@@ -667,7 +672,7 @@ class PlaygroundPage(QWidget):
         """Drop the answer (the last one, or `widget` and what follows) and ask again."""
         if self.streaming or self.conversation is None or self._closed:
             return None
-        if not self._check_endpoint():
+        if not self._check_endpoint() or self._refuse_stopped_service(self.regenerate):
             return None
         messages = self.chat.messages()
         if widget is None:
@@ -782,12 +787,15 @@ class PlaygroundPage(QWidget):
         self.chat.scroll_to_bottom()
         self.prompt.clear()
         self.reload_conversations()
-        await self._answer()
+        await self._answer(sent=(bubble, text))
 
     def _answer_title(self, model: str | None) -> str:
         return f"Assistant · {model}" if model else "Assistant"
 
-    async def _answer(self) -> None:
+    async def _answer(self, sent: tuple[MessageWidget, str] | None = None) -> None:
+        """Stream the answer to the history; `sent` is the prompt bubble and text of a new
+        send (a send that gets no answer at all is taken back out of the history)."""
+        self.notice.hide()
         conversation = self._ensure_conversation("")
         endpoint, model = self.picker.endpoint(), self.picker.model()
         params: GenerationParams = self.params_form.params()
@@ -837,10 +845,91 @@ class PlaygroundPage(QWidget):
             writer.interrupt("the stream ended early", metrics.to_dict())
             self._close_bubble(bubble, metrics, "interrupted", "the stream ended early")
             return
+        if done.state == "error" and not tokens and not done.text:
+            self._take_back(bubble, writer.message_id, sent, done.error or "no answer")
+            return
         writer.close_from(done.state, done.text, done.metrics.to_dict(), done.error)
         self._close_bubble(bubble, done.metrics, done.state, done.error)
         if done.error and not tokens:
             self.show_status(done.error, error=True)
+
+    # -- a send that could not reach the server ----------------------------------------------
+
+    def _refuse_stopped_service(self, retry: Callable[[], object]) -> bool:
+        """True (and the notice with Start and Retry) when the chosen service is not running:
+        nothing is sent and nothing enters the history."""
+        service = self.picker.current_service()
+        if service is None or service.state.running:
+            return False
+        self._retry = retry
+        self.notice.show_notice(
+            f"{service.name} is stopped, so nothing was sent. Start it, then retry.",
+            can_start=True,
+        )
+        return True
+
+    def _take_back(
+        self,
+        bubble: MessageWidget,
+        answer_id: int | None,
+        sent: tuple[MessageWidget, str] | None,
+        error: str,
+    ) -> None:
+        """The server gave no answer at all: the empty answer (and a new prompt, back into the
+        prompt box) leave the history, and the notice says why with Retry."""
+        if answer_id is not None:
+            self.store.delete_message(answer_id)
+        first = bubble
+        if sent is not None:
+            prompt_bubble, text = sent
+            if prompt_bubble.message_id is not None:
+                self.store.delete_message(prompt_bubble.message_id)
+            first = prompt_bubble
+            if not self.prompt.toPlainText().strip():
+                self.prompt.setPlainText(text)
+        self.chat.remove_from(first)
+        self._retry = self.send if sent is not None else self.regenerate
+        service = self.picker.current_service()
+        if service is not None and not service.state.running:
+            text = f"{service.name} is stopped, so nothing was sent. Start it, then retry."
+        else:
+            where = service.name if service is not None else self.picker.endpoint()
+            text = f"No answer from {where}: {error}"
+        self.notice.show_notice(text, can_start=service is not None and not service.state.running)
+        self._set_busy(False)
+        if not self._closed:
+            self.reload_conversations()
+        self.sig_answer_finished.emit(bubble)
+
+    def _retry_send(self) -> None:
+        retry, self._retry = self._retry, None
+        self.notice.hide()
+        if retry is not None:
+            retry()
+
+    def _start_stopped_service(self) -> None:
+        service = self.picker.current_service()
+        if service is None or self._bridge is None:
+            return
+        task = self._bridge.start(service)
+        self.notice.show_notice(f"Starting {service.name}…", can_start=True)
+        self.notice.start_button.setEnabled(False)
+        self.notice.retry_button.setEnabled(False)
+
+        async def wait() -> None:
+            if task._handle is not None:
+                await asyncio.gather(task._handle, return_exceptions=True)
+            if self._closed or not shiboken6.isValid(self):
+                return
+            if task.error:
+                self.notice.show_notice(
+                    f"{service.name} did not start: {task.error}", can_start=True
+                )
+            else:
+                self.picker.select_service(service.id)
+                self.notice.show_notice(f"{service.name} is running again.", can_start=False)
+
+        background.start(wait(), "wait for the service to start")
 
     def _close_bubble(
         self, bubble: MessageWidget, metrics: Metrics, state: str, error: str | None

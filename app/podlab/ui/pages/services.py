@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 )
 
 from podlab.core.lab import Lab
+from podlab.core.models.hardware import llama_cpp_offloads_to_gpu
 from podlab.core.models.store import PARTIAL, StoredModel
 from podlab.core.serving.gpu.detect import GpuReport
 from podlab.core.serving.gpu.passthrough import plan_passthrough
@@ -353,6 +354,9 @@ class ServicesPage(QWidget):
         try:
             models = await bridge_for(self._lab).list_models()
             report = await bridge.manager.gpu_report()
+            local_gpu = await asyncio.to_thread(
+                llama_cpp_offloads_to_gpu, bridge.manager.local.python
+            )
         finally:
             self.new_button.setEnabled(True)
         dialog = NewServiceDialog(
@@ -360,6 +364,7 @@ class ServicesPage(QWidget):
             report,
             engine=self._lab.settings.engine,
             context_size=self._lab.settings.default_context_size,
+            local_gpu=local_gpu,
             parent=self,
         )
         if model is not None:

@@ -27,14 +27,15 @@ from PySide6.QtWidgets import (
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.logs import log_file
-from podlab.core.settings import ENGINES, THEMES, Settings, save_settings
+from podlab.core.settings import ENGINES, SERVICES_ON_CLOSE, THEMES, Settings, save_settings
 from podlab.ui.page_host import PageHost
 from podlab.ui.theme import apply_theme
 
-CHOICES = {"theme": THEMES, "engine": ENGINES}
+CHOICES = {"theme": THEMES, "engine": ENGINES, "services_on_close": SERVICES_ON_CLOSE}
 LABELS = {
     "theme": "Theme",
     "engine": "Service engine",
+    "services_on_close": "Services when closing",
     "podman_url": "Podman API URL",
     "models_dir": "Models folder",
     "bind_address": "Publish ports on",

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QScrollArea,
     QSizePolicy,
     QToolButton,
@@ -397,3 +398,41 @@ class ChatView(QScrollArea):
     def _on_range_changed(self, _minimum: int, maximum: int) -> None:
         if self._follow:
             self.verticalScrollBar().setValue(maximum)
+
+
+class SendNotice(QFrame):
+    """Why a message could not be sent, shown above the prompt box with the buttons that fix
+    it: Start (the service is stopped) and Retry (send it again)."""
+
+    sig_start = Signal()
+    sig_retry = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("send-notice")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setStyleSheet("#send-notice { border: 1px solid #c0392b; border-radius: 4px; }")
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.start_button = QPushButton("Start service")
+        self.start_button.clicked.connect(self.sig_start.emit)
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.clicked.connect(self.sig_retry.emit)
+        self.close_button = QToolButton()
+        self.close_button.setText("✕")
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.clicked.connect(self.hide)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(8, 4, 4, 4)
+        row.addWidget(self.label, 1)
+        for button in (self.start_button, self.retry_button, self.close_button):
+            row.addWidget(button, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.hide()
+
+    def show_notice(self, text: str, *, can_start: bool) -> None:
+        self.label.setText(text)
+        self.start_button.setVisible(can_start)
+        self.start_button.setEnabled(True)
+        self.retry_button.setEnabled(True)
+        self.show()

@@ -169,16 +169,22 @@ class EndpointPicker(QWidget):
     # -- services ----------------------------------------------------------------------------
 
     def set_services(self, services: Iterable[Any]) -> None:
-        """Offer the services that are ready (objects with id, name, endpoint, model_ref)."""
+        """Offer the services that are ready (objects with id, name, endpoint, model_ref); the
+        chosen one stays chosen when it stops, marked with its state (a send then says so),
+        instead of the choice falling back to a custom endpoint without a word."""
         current = self.service_combo.currentData()
+        services = list(services)
         ready = [s for s in services if getattr(getattr(s, "state", None), "value", "") == "ready"]
+        ready += [s for s in services if s.id == current and s not in ready]
         self._services = {s.id: s for s in ready}
         self.service_combo.blockSignals(True)
         try:
             self.service_combo.clear()
             self.service_combo.addItem(CUSTOM, "")
             for service in ready:
-                self.service_combo.addItem(f"{service.name}", service.id)
+                state = getattr(getattr(service, "state", None), "value", "")
+                label = service.name if state == "ready" else f"{service.name} ({state})"
+                self.service_combo.addItem(label, service.id)
                 index = self.service_combo.count() - 1
                 self.service_combo.setItemData(
                     index, f"{service.model_ref} at {service.endpoint}", Qt.ItemDataRole.ToolTipRole
@@ -187,6 +193,10 @@ class EndpointPicker(QWidget):
             self.service_combo.setCurrentIndex(max(0, index))
         finally:
             self.service_combo.blockSignals(False)
+
+    def current_service(self) -> Any | None:
+        """The chosen service (None for a custom endpoint); it may have stopped since."""
+        return self._services.get(self.service_combo.currentData() or "")
 
     def select_service(self, service_id: str) -> bool:
         index = self.service_combo.findData(service_id)

@@ -3,9 +3,10 @@
 Each attempt asks for the bytes after the partial's offset (Range, with If-Range on the ETag the
 bytes came with). A server that ignores Range (200 instead of 206) restarts the file from zero.
 Connection errors, 5xx, timeouts and stalls (no byte for `stall_seconds`) reconnect with
-exponential backoff; an attempt that brought bytes resets the count. When no sha256 is given,
-the digest the server publishes (Hugging Face's `X-Linked-Etag`, on the redirect of /resolve/
-URLs) is recorded for the check at the end.
+exponential backoff; an attempt that brought bytes resets the count. What no retry can mend
+fails at once: a host name that does not resolve (no network, or a wrong name) and TLS. When
+no sha256 is given, the digest the server publishes (Hugging Face's `X-Linked-Etag`, on the
+redirect of /resolve/ URLs) is recorded for the check at the end.
 
 The body moves in a worker thread, through httpx's synchronous client: blocking reads, each
 batch appended to the partial in order while a second thread hashes what was written
@@ -123,7 +124,7 @@ class AttemptLoop:
                     raise DownloadError(
                         f"download of {download.dest.name} failed after {failures} attempts: "
                         f"{retry}",
-                        hint="check the network connection and pull again; "
+                        hint="check the network connection and try again; "
                         "it resumes from the bytes already downloaded",
                         kind="network",
                     ) from None
@@ -199,7 +200,14 @@ class AttemptLoop:
             failure = _ssl_failure(exc)
             if failure is not None:
                 raise self._tls_error(failure) from None
-            raise Retry(f"cannot connect to {self._host}: {exc}") from None
+            if _cause(exc, socket.gaierror) is not None:
+                raise DownloadError(
+                    f"No connection to {self._host}: its name could not be looked up",
+                    hint="Check that this computer is online, then retry; "
+                    "the download resumes from the bytes already downloaded.",
+                    kind="network",
+                ) from None
+            raise Retry(f"cannot connect to {self._host}: {_plain_reason(exc)}") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             url = self.download.url
             raise DownloadError(f"cannot download {url}: {exc}", kind="http") from None
@@ -319,7 +327,7 @@ class AttemptLoop:
             raise DownloadError(
                 f"disk full: {self.download.dest.name} needs {format_bytes(needed)} more, "
                 f"only {format_bytes(free)} free on {self.download.dest.parent}",
-                hint="free some space (or choose another models folder) and pull again; "
+                hint="free some space (or choose another models folder) and try again; "
                 "it resumes where it stopped",
                 kind="disk_full",
             )
@@ -413,6 +421,26 @@ def _ssl_failure(exc: BaseException) -> ssl.SSLError | None:
                 return arg
         current = current.__cause__ or current.__context__
     return None
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first `kind` in the chain of causes of `exc` (httpx wraps httpcore wraps OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _plain_reason(exc: BaseException) -> str:
+    """Why a connection failed, in words: "connection refused", not "[Errno 111] ..."."""
+    failure = _cause(exc, OSError)
+    if isinstance(failure, OSError) and failure.strerror:
+        return failure.strerror[0].lower() + failure.strerror[1:]
+    return str(exc) or type(exc).__name__
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -287,7 +287,7 @@ class Download:
             raise DownloadError(
                 f"checksum mismatch for {self.dest.name}: sha256 {whose} {expected}, "
                 f"got {digest}; the corrupt download was deleted",
-                hint="pull again; if it fails the same way, the file or its catalog entry is wrong",
+                hint="try again; if it fails the same way, the file or its catalog entry is wrong",
                 kind="checksum",
             )
         if self.expected_size is not None and size != self.expected_size:

@@ -195,7 +195,7 @@ class PartialFile:
             return DownloadError(
                 f"{what}: cannot write {self.path} ({format_bytes(self.offset)} kept for resume)",
                 hint=f"free some space on {self.dest.parent} (or choose another models folder) "
-                "and pull again; the download resumes where it stopped",
+                "and try again; the download resumes where it stopped",
                 kind="disk_full",
             )
         return DownloadError(f"{doing} {self.path}: {exc.strerror or exc}", kind="io")
