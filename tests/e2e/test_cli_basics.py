@@ -125,3 +125,12 @@ def test_log_level_is_a_global_option_and_doctor_names_the_log(
     text = podlab("doctor")
     assert f"file     {expected}" in text.stdout
     assert podlab("--log-level", "loud", "doctor").returncode == 2
+
+
+def test_serve_takes_a_name(smollm2_model: Path) -> None:
+    args = ("serve", str(smollm2_model), "--engine", "local", "--dry-run", "--json")
+    result = podlab_env(*args, "--name", "my-smol")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["name"] == "my-smol"
+    refused = podlab_env(*args, "--name", "no spaces")
+    assert refused.returncode == 1 and "cannot name a service" in refused.stderr

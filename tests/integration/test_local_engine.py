@@ -341,3 +341,17 @@ async def test_a_busy_or_briefly_stuck_ready_service_stays_ready(smollm2_model: 
         assert service.state == ServiceState.EXITED
     finally:
         kill_local_servers(locations)
+
+
+async def test_a_service_takes_the_name_the_user_gives(
+    service_manager: ServiceManager, smollm2_model: Path
+) -> None:
+    named = await service_manager.prepare(
+        ServeRequest(smollm2_model, engine="local", name="my-smol.v2")
+    )
+    assert named.name == "my-smol.v2"
+    automatic = await service_manager.prepare(ServeRequest(smollm2_model, engine="local"))
+    assert automatic.name.startswith("podlab-") and automatic.service_id in automatic.name
+    for bad in ("-starts-with-dash", "has space", "semi;colon", ""):
+        with pytest.raises(PodlabError, match="cannot name a service"):
+            await service_manager.prepare(ServeRequest(smollm2_model, engine="local", name=bad))

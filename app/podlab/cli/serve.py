@@ -76,6 +76,9 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--ctx", type=int, metavar="N", help="context size (tokens)")
     serve.add_argument("--port", type=int, metavar="P", help="host port (default: a free one)")
+    serve.add_argument(
+        "--name", metavar="NAME", help="the service's name (default: podlab-MODEL-ID)"
+    )
     serve.add_argument("--image", metavar="IMG", help="server image (default: per GPU variant)")
     serve.add_argument("--server", choices=SERVER_KINDS, help="server kind (default: by image)")
     serve.add_argument("--gpu-layers", type=int, metavar="N", help="layers on the GPU")
@@ -303,6 +306,7 @@ def _request(args: argparse.Namespace, settings: Settings) -> ServeRequest:
         options=options,
         server_kind=args.server,
         allow_cpu=args.cpu_ok,
+        name=args.name,
     )
 
 
@@ -349,7 +353,7 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             assert prepared.command is not None
             if args.json:
-                print_json({"engine": "local", "command": prepared.command})
+                print_json({"engine": "local", "name": prepared.name, "command": prepared.command})
             else:
                 print(" ".join(prepared.command))
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ from podlab.core.serving.local_server import LocalEngine
 from podlab.core.settings import Settings
 
 ENGINE_CHOICES = ("auto", "podman", "local")
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+"""What Podman accepts as a container name (and a local service's name shares it)."""
 DEFAULT_PORT_BASE = 35000
 """Podlab looks for free host ports upward from here (AI Lab does the same from its own base)."""
 
@@ -67,6 +70,9 @@ class ServeRequest:
     """A GPU plan made already (e.g. shown to the user); None: planned from the host's GPUs."""
     allow_cpu: bool = False
     """The user agreed to run on the CPU when the GPU cannot be passed."""
+    name: str | None = None
+    """The service's name as the user gave it (letters, digits, '.', '_', '-'); None: Podlab
+    names it after the model."""
 
 
 @dataclass
@@ -235,6 +241,11 @@ class Planner:
         resolved = await asyncio.to_thread(resolve_model, request.model, self.settings)
         if resolved.properties:
             options = replace(options, properties={**resolved.properties, **options.properties})
+        if request.name is not None and not SERVICE_NAME.fullmatch(request.name):
+            raise PodlabError(
+                f"{request.name!r} cannot name a service",
+                hint="use letters, digits, '.', '_' and '-', starting with a letter or digit",
+            )
         service_id = secrets.token_hex(4)
         if engine == "local":
             prepared = await self._prepare_local(
@@ -282,6 +293,7 @@ class Planner:
             model_ref=resolved.ref,
             host_port=port,
             image_overrides=self.settings.server_images,
+            name=request.name,
             require_api_key=self.settings.require_api_key,
         )
         return PreparedService(
@@ -341,7 +353,7 @@ class Planner:
         )
         return PreparedService(
             service_id=service_id,
-            name=f"podlab-{slug(resolved.ref)}-{service_id}",
+            name=request.name or f"podlab-{slug(resolved.ref)}-{service_id}",
             engine="local",
             model=resolved,
             server_kind="llama-cpp-python",

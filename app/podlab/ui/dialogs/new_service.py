@@ -27,7 +27,7 @@ from podlab.core.serving.container_spec import PODLAB_SERVER_IMAGE, ServiceOptio
 from podlab.core.serving.gpu.detect import GpuReport
 from podlab.core.serving.gpu.host import Diagnosis
 from podlab.core.serving.gpu.passthrough import WANTS, plan_passthrough
-from podlab.core.serving.planning import ENGINE_CHOICES, ServeRequest
+from podlab.core.serving.planning import ENGINE_CHOICES, SERVICE_NAME, ServeRequest
 from podlab.ui.models.services_model import BADGE_COLOURS
 
 GPU_TITLES = {
@@ -81,6 +81,10 @@ class NewServiceDialog(QDialog):
                 size = f" · {entry.size / 1024**2:.0f} MiB" if entry.size else ""
                 self.model_combo.addItem(f"{entry.name}{size}", str(entry.path))
         self.model_combo.addItem("A GGUF file on this computer…", "")
+        self.name_edit = QLineEdit()
+        self.name_edit.setObjectName("service-name")
+        self.name_edit.setAccessibleName("Service name")
+        self.name_edit.setPlaceholderText("automatic: podlab-MODEL-ID")
         self.path_edit = QLineEdit()
         self.path_edit.setObjectName("model-path")
         self.path_edit.setAccessibleName("GGUF file to serve")
@@ -130,6 +134,7 @@ class NewServiceDialog(QDialog):
         )
 
         form = QFormLayout()
+        form.addRow("Name", self.name_edit)
         form.addRow("Model", self.model_combo)
         form.addRow("GGUF file", path_row)
         form.addRow("Engine", self.engine_combo)
@@ -256,6 +261,12 @@ class NewServiceDialog(QDialog):
             problem = "Choose a model from the store or a GGUF file."
         elif not Path(path).expanduser().is_file():
             problem = f"{path} is not a file."
+        elif self.name_edit.text().strip() and not SERVICE_NAME.fullmatch(
+            self.name_edit.text().strip()
+        ):
+            problem = (
+                "A name has letters, digits, '.', '_' and '-', and starts with a letter or digit."
+            )
         elif path.endswith(".partial"):
             problem = f"{path} is an unfinished download; finish it on the Models page first."
         self.problem.setText(problem)
@@ -280,4 +291,5 @@ class NewServiceDialog(QDialog):
             engine=str(self.engine_combo.currentData()),
             gpu=str(self.gpu_combo.currentData()) if self.gpu_combo.isEnabled() else "none",
             options=options,
+            name=self.name_edit.text().strip() or None,
         )
