@@ -83,8 +83,10 @@ def test_start_tightens_what_is_open_and_leaves_models_readable(open_umask: None
         locations.database_file,
         locations.state_dir / "services" / "old.json",
         locations.log_dir / "local-old.log",
-        locations.cache_dir / "something",
     ]
+    cached = locations.cache_dir / "builds" / "big-tree-file"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("{}")
     for path in loose:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("theme: dark\n" if path == locations.settings_file else "{}")
@@ -102,3 +104,5 @@ def test_start_tightens_what_is_open_and_leaves_models_readable(open_umask: None
     assert {str(p): mode(p) for p in folders} == {str(p): 0o700 for p in folders}
     # Containers that run as other users read the models: their folder keeps its modes.
     assert mode(locations.models_dir) == mode(model.parent) == 0o755 and mode(model) == 0o644
+    # The cache is closed at its root, not walked (it holds large build trees).
+    assert mode(locations.cache_dir) == 0o700 and mode(cached) == 0o644

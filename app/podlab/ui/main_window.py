@@ -8,7 +8,6 @@ status bar label says how many.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from PySide6.QtWidgets import (
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.settings import save_settings
-from podlab.ui import background
 from podlab.ui.page_host import PageHost
 
 if TYPE_CHECKING:
@@ -286,6 +284,9 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         keep = self._leaving or self.lab.settings.services_on_close == "keep"
         running = [] if keep else self.running_services()
+        # Imported here: asyncio is not needed to paint the window (see app.run_gui).
+        from podlab.ui import background
+
         if running:
             event.ignore()
             if self.close_dialog is None:
@@ -309,6 +310,8 @@ class MainWindow(QMainWindow):
 
             manager = service_bridge_for(self.lab).manager
             self.show_status(f"Stopping {len(running)} running services…", 0)
+            import asyncio
+
             results = await asyncio.gather(
                 *(manager.stop(service) for service in running), return_exceptions=True
             )
