@@ -452,3 +452,23 @@ def test_colours_follow_a_dark_palette(qtbot: Any, qapp: Any) -> None:
         block = block.next()
     assert "#e6e6e6" in fragment_colors and "#6cb6ff" in fragment_colors
     assert "Text with code" in view.document().toPlainText()
+
+
+def test_one_newline_breaks_the_line_in_answers_but_not_in_model_cards(qtbot: Any) -> None:
+    """Chat apps keep a poem's lines; a catalog description is prose wrapped at any column."""
+    from podlab.ui.widgets.model_card import ModelCardView
+
+    text = "An old silent pond\nA frog jumps into the pond"
+    answer = MarkdownView()
+    card = ModelCardView()
+    for view in (answer, card):
+        qtbot.addWidget(view)
+    answer.set_markdown(text)
+    card.show_card(text)
+    qtbot.waitUntil(lambda: "frog" in answer.toPlainText() and "frog" in card.toPlainText())
+    lines = answer.toPlainText().replace("\u2028", "\n").splitlines()
+    assert lines == ["An old silent pond", "A frog jumps into the pond"]
+    assert (
+        card.toPlainText().replace("\u2028", "\n")
+        == "An old silent pond A frog jumps into the pond"
+    )

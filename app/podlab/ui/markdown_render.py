@@ -205,6 +205,9 @@ class RenderTheme:
     mono_family: str
     dark: bool
     pygments_style: str
+    line_breaks: bool = True
+    """A single newline is a line break (chat answers); False for prose written with wrapped
+    lines (model cards), where it is a space as CommonMark says."""
     _formats: dict[tuple[object, ...], QTextCharFormat] = field(default_factory=dict, repr=False)
     _code_formats: dict[_TokenType, QTextCharFormat] = field(default_factory=dict, repr=False)
 
@@ -618,8 +621,10 @@ class DocumentWriter:
             kind = child.type
             if kind == "text":
                 self._insert(child.content, fmt())
-            elif kind in ("hardbreak", "softbreak"):  # `breaks`: one newline is a line break
-                self._insert("\u2028", fmt())
+            elif kind == "hardbreak" or (kind == "softbreak" and self.theme.line_breaks):
+                self._insert("\u2028", fmt())  # one newline is a line break in chat answers
+            elif kind == "softbreak":
+                self._insert(" ", fmt())
             elif kind == "code_inline":
                 self._insert(child.content, fmt(code=True))
             elif kind == "strong_open":

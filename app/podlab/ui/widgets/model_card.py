@@ -9,8 +9,11 @@ and links opened only on a click, only for http, https and mailto.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtWidgets import QWidget
 
+from podlab.ui.markdown_render import RenderTheme
 from podlab.ui.widgets.markdown_view import MarkdownView
 
 
@@ -21,6 +24,10 @@ class ModelCardView(MarkdownView):
         super().__init__(parent)
         self.setPlaceholderText("This model has no description.")
         self.card_markdown = ""
+
+    def _make_theme(self) -> RenderTheme:
+        """Catalog descriptions are wrapped prose: a single newline is a space there."""
+        return replace(super()._make_theme(), line_breaks=False)
 
     def show_card(self, markdown: str) -> None:
         """Replace the card; shown from the top."""
