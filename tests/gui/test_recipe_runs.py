@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from podlab.core.lab import Lab
@@ -32,6 +33,7 @@ from podlab.ui.main_window import MainWindow
 from podlab.ui.pages.recipes import RecipesPage
 from tests import harness, recipe_harness
 from tests.gui.test_services_page import server_image  # noqa: F401 (a fixture)
+from tests.integration.conftest import wheelhouse  # noqa: F401 (a fixture server_image uses)
 
 pytestmark = pytest.mark.gui
 
@@ -181,3 +183,42 @@ def test_running_applications_are_found_stopped_and_deleted(
         page.delete_button.click()
     assert labelled_pod not in [run.id for run in page.runs]
     assert podman_client.pods.list(filters={"label": f"{LABEL_RUN}={labelled_pod}"}) == []
+
+
+@pytest.mark.usefixtures("server_image")
+def test_the_chatbot_runs_from_the_page_answers_and_delete_leaves_no_pod(
+    qtbot: Any,
+    qloop: Any,
+    lab_with_smollm2: Lab,
+    podman_env: harness.PodmanService,
+    base_image: str,
+    podman_client: Any,
+    gpu_less_host: HostProbe,
+) -> None:
+    _window, page = open_page(lab_with_smollm2, qtbot)
+    page.gpu_probe = gpu_less_host
+    assert page.select_recipe("chatbot")
+    before = {run.id for run in page.runs}  # other test runs may share this Podman
+    page.run_button.click()
+    task = page.run_task
+    assert task is not None
+    started: list[str] = []  # removed afterwards whatever the test asserted
+    try:
+        qtbot.waitUntil(lambda: task.state.finished, timeout=BUILD_TIMEOUT_MS)
+        assert task.state is TaskState.DONE, f"{task.error}\n" + "\n".join(task.log[-20:])
+        (run,) = [run for run in page.runs if run.id not in before]
+        started.append(run.id)
+        assert run.recipe_id == "chatbot"
+        assert run.state.value == "running" and run.app_url.startswith("http://127.0.0.1:")
+        assert page.run_status.text() == f"Chatbot runs at {run.app_url}"
+        assert httpx.get(run.app_url, timeout=30).status_code == 200
+        assert page.select_run(run.id)
+        assert page.open_button.isEnabled()
+        with qtbot.waitSignal(page.sig_runs_listed, timeout=60000):
+            page.delete_button.click()
+        assert run.id not in [listed.id for listed in page.runs]
+        assert podman_client.pods.list(filters={"label": f"{LABEL_RUN}={run.id}"}) == []
+    finally:
+        for run_id in started:
+            for pod in podman_client.pods.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
+                pod.remove(force=True)
