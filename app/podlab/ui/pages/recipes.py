@@ -321,7 +321,7 @@ class RecipesPage(QWidget):
             self.podman_problem = ""
         else:
             self.podman_problem = (
-                f"Recipes need Podman: {status.problem or 'Podman is not available'}."
+                f"Recipes need Podman: {(status.problem or 'Podman is not available').rstrip('.')}."
                 + (f"\n{status.hint}" if status.hint else "")
             )
         self.podman_label.setText(self.podman_problem)
