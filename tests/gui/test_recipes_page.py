@@ -10,7 +10,7 @@ import pytest
 
 from podlab.core.lab import Lab
 from podlab.ui.main_window import MainWindow
-from podlab.ui.pages.recipes import RUN_NOT_YET, RecipesPage
+from podlab.ui.pages.recipes import RecipesPage
 
 pytestmark = pytest.mark.gui
 
@@ -43,9 +43,11 @@ def test_cards_details_and_the_run_button(page: RecipesPage) -> None:
     assert "chromadb-server (vectordb, port 8000)" in page.containers_label.text()
     assert page.readme.markdown().startswith("# RAG chatbot")
     assert "Chroma" in page.readme.toPlainText()
-    # Not built yet, and the button says so.
+    # No model is downloaded in this test's data folder: nothing can run yet, and it says so.
+    assert page.run_button.text() == "Run"
     assert not page.run_button.isEnabled()
-    assert page.run_button.text() == RUN_NOT_YET
+    assert page.model_combo.count() == 0
+    assert not page.no_model_box.isHidden()
 
 
 def test_filters(page: RecipesPage) -> None:

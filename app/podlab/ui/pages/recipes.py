@@ -6,27 +6,38 @@ Recipes are read in a thread (bundled ones plus folders imported with Import… 
 others stay usable. Readmes come from other people's repositories, so they go through the same
 inert Markdown view as model cards (no raw HTML, no remote images, links only on a click).
 
-Running a recipe needs the recipe runner, which is not built yet: the Run button says so.
+Run starts the chosen recipe with a downloaded model through the RecipeRunner, as a Lab task
+whose log is the build and start log; its failure and log tail also show on the page. The
+"Running applications" list comes from the pods' labels, so runs started earlier (or from the
+command line) are found again after a restart. Without Podman the page says how to get it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import shiboken6
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QComboBox,
     QFileDialog,
     QFrame,
+    QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
     QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -35,6 +46,7 @@ from qasync import asyncSlot
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
 from podlab.core.models.catalog import load_catalog
+from podlab.core.models.store import StoredModel
 from podlab.core.recipes.catalog import (
     RecipeCatalog,
     RecipeEntry,
@@ -42,14 +54,19 @@ from podlab.core.recipes.catalog import (
     import_recipes,
     load_recipe_catalog,
 )
-from podlab.core.recipes.spec import RecipeSpecError
+from podlab.core.recipes.runner import RecipeRun, RecipeRunner, RunEvent, RunRequest
+from podlab.core.recipes.spec import ContainerRole, RecipeSpecError
+from podlab.core.serving.gpu.host import HostProbe
+from podlab.core.tasks import Task
 from podlab.ui import background
+from podlab.ui.download_bridge import bridge_for
 from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.model_card import ModelCardView
 
 log = logging.getLogger(__name__)
 
-RUN_NOT_YET = "Running recipes comes with the recipe runner"
+RUN_COLUMNS = ("Recipe", "State", "Model", "App URL")
+NO_MODEL = "No model is downloaded yet: download one in the Catalog to run this recipe."
 ANY = "__any__"
 RECIPE_ROLE = Qt.ItemDataRole.UserRole + 1
 BANNER_STYLE = (
@@ -97,11 +114,28 @@ class RecipesPage(QWidget):
     sig_recipes_loaded = Signal(int)
     """Emitted after each load with the number of recipes listed."""
 
-    def __init__(self, lab: Lab, parent: QWidget | None = None) -> None:
+    sig_runs_listed = Signal()
+    """Emitted each time the Running applications list has been read from Podman."""
+
+    def __init__(
+        self, lab: Lab, host: PageHost | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.lab = lab
+        self._host = host
         self.catalog = RecipeCatalog()
         self.model_names: dict[str, str] = {}
+        self.models: list[StoredModel] = []
+        self.runs: list[RecipeRun] = []
+        self.podman_problem = ""
+        """Why recipes cannot run here (Podman missing), with how to get it; "" when they can."""
+        self.gpu_probe: HostProbe | None = None
+        """Host facts for GPU planning (None: this machine's); tests give a GPU-less host."""
+        self._runner: RecipeRunner | None = None
+        self.run_task: Task | None = None
+        self._run_name = ""
+        lab.tasks.subscribe(self._on_task_changed)
+        self.destroyed.connect(lambda: lab.tasks.unsubscribe(self._on_task_changed))
 
         heading = QHBoxLayout()
         title = QLabel("<h2>Recipes</h2>")
@@ -153,11 +187,38 @@ class RecipesPage(QWidget):
         self.facts_label = _plain_label()
         self.models_label = _plain_label()
         self.containers_label = _plain_label()
-        self.run_button = QPushButton(RUN_NOT_YET)
-        self.run_button.setEnabled(False)
+        self.model_combo = QComboBox()
+        self.model_combo.setAccessibleName("Model")
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.embedding_combo = QComboBox()
+        self.embedding_combo.setAccessibleName("Embedding model")
+        self.embedding_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.embedding_label = QLabel("Embedding model:")
+        self.no_model_label = _plain_label(NO_MODEL)
+        self.open_catalog_button = QPushButton("Open Catalog")
+        self.podman_label = _plain_label()
+        self.podman_label.setObjectName("recipes-podman")
+        self.podman_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.podman_label.hide()
+        self.run_button = QPushButton("Run")
         self.run_button.setToolTip(
-            "Building and starting a recipe's containers in a Podman pod is not built yet"
+            "Build what changed and start the recipe in a Podman pod with the chosen model"
         )
+        self.run_status = _plain_label()
+        self.run_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        model_row = QHBoxLayout()
+        model_row.addWidget(QLabel("Model:"))
+        model_row.addWidget(self.model_combo)
+        model_row.addWidget(self.embedding_label)
+        model_row.addWidget(self.embedding_combo)
+        model_row.addWidget(self.run_button)
+        model_row.addStretch(1)
+        no_model_row = QHBoxLayout()
+        no_model_row.addWidget(self.no_model_label, 1)
+        no_model_row.addWidget(self.open_catalog_button)
+        self.no_model_box = QWidget()
+        self.no_model_box.setLayout(no_model_row)
+        self.no_model_box.hide()
         self.readme = ModelCardView()
         self.readme.setPlaceholderText("This recipe has no readme.")
         self.readme.setAccessibleName("Readme")
@@ -170,7 +231,10 @@ class RecipesPage(QWidget):
         details_layout.addWidget(self.facts_label)
         details_layout.addWidget(self.models_label)
         details_layout.addWidget(self.containers_label)
-        details_layout.addWidget(self.run_button, 0, Qt.AlignmentFlag.AlignLeft)
+        details_layout.addLayout(model_row)
+        details_layout.addWidget(self.no_model_box)
+        details_layout.addWidget(self.podman_label)
+        details_layout.addWidget(self.run_status)
         details_layout.addWidget(self.readme, 1)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -185,12 +249,48 @@ class RecipesPage(QWidget):
         layout.addLayout(heading)
         layout.addWidget(self.banner)
         layout.addWidget(self.splitter, 1)
+        layout.addWidget(self._running_box())
 
         self.category_filter.currentIndexChanged.connect(self.apply_filters)
         self.backend_filter.currentIndexChanged.connect(self.apply_filters)
         self.cards.currentItemChanged.connect(self._on_current_changed)
         self.import_button.clicked.connect(self._on_import_clicked)
+        self.open_catalog_button.clicked.connect(self._open_catalog)
+        self.run_button.clicked.connect(self._on_run_clicked)
+        self.model_combo.currentIndexChanged.connect(self._update_run_button)
+        self.runs_table.itemSelectionChanged.connect(self._update_run_actions)
+        self.open_button.clicked.connect(self._on_open_clicked)
+        self.stop_button.clicked.connect(self._on_stop_clicked)
+        self.delete_button.clicked.connect(self._on_delete_clicked)
         self._loading: asyncio.Future[None] = background.start(self._load(), "load the recipes")
+
+    def _running_box(self) -> QGroupBox:
+        box = QGroupBox("Running applications")
+        self.runs_table = QTableWidget(0, len(RUN_COLUMNS))
+        self.runs_table.setAccessibleName("Running applications")
+        self.runs_table.setHorizontalHeaderLabels(RUN_COLUMNS)
+        self.runs_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.runs_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.runs_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.runs_table.verticalHeader().hide()
+        self.runs_table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.runs_table.horizontalHeader().setStretchLastSection(True)
+        self.runs_table.setMaximumHeight(160)
+        self.runs_empty = _plain_label("No recipe is running.")
+        self.open_button = QPushButton("Open in browser")
+        self.stop_button = QPushButton("Stop")
+        self.delete_button = QPushButton("Delete")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.runs_empty, 1)
+        for button in (self.open_button, self.stop_button, self.delete_button):
+            button.setEnabled(False)
+            buttons.addWidget(button)
+        layout = QVBoxLayout(box)
+        layout.addWidget(self.runs_table)
+        layout.addLayout(buttons)
+        return box
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -208,6 +308,26 @@ class RecipesPage(QWidget):
         self._fill_filters()
         self._fill_cards()
         self.sig_recipes_loaded.emit(len(catalog))
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the downloaded models and whether Podman answers, then list the runs."""
+        models = await bridge_for(self.lab).list_models()
+        status = await self.lab.engine.connect()
+        if not shiboken6.isValid(self):
+            return
+        self.models = [model for model in models if model.usable]
+        if status.available:
+            self.podman_problem = ""
+        else:
+            self.podman_problem = (
+                f"Recipes need Podman: {(status.problem or 'Podman is not available').rstrip('.')}."
+                + (f"\n{status.hint}" if status.hint else "")
+            )
+        self.podman_label.setText(self.podman_problem)
+        self.podman_label.setVisible(bool(self.podman_problem))
+        self._fill_models(self.current_recipe())
+        await self.refresh_runs()
 
     @staticmethod
     def _read(lab: Lab) -> tuple[RecipeCatalog, dict[str, str]]:
@@ -337,6 +457,7 @@ class RecipesPage(QWidget):
                 label.clear()
             self.containers_label.clear()
             self.readme.show_card("")
+            self._fill_models(None)
             return
         self.name_label.setText(entry.name)
         origin = "bundled with Podlab" if entry.origin == "bundled" else entry.origin
@@ -360,10 +481,211 @@ class RecipesPage(QWidget):
             )
         )
         self.readme.show_card(entry.readme)
+        self._fill_models(entry)
 
     def _names(self, model_ids: tuple[str, ...]) -> list[str]:
         return [self.model_names.get(model_id, model_id) for model_id in model_ids]
 
+    # -- models and Run --------------------------------------------------------------------------
+
+    def _fill_models(self, entry: RecipeEntry | None) -> None:
+        """Only downloaded models can run; the recipe's recommended ones come first."""
+        recommended = entry.recommended if entry else ()
+        embedding = entry.recommended_embedding if entry else ()
+        needs_embedding = entry is not None and bool(
+            entry.spec.with_role(ContainerRole.EMBEDDING_SERVICE)
+        )
+        for combo, preferred in (
+            (self.model_combo, recommended),
+            (self.embedding_combo, embedding),
+        ):
+            current = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            for model in _recommended_first(self.models, preferred):
+                mark = " (recommended)" if model.catalog_id in preferred else ""
+                combo.addItem(f"{model.name}{mark}", model.id)
+            combo.setCurrentIndex(max(combo.findData(current), 0) if combo.count() else -1)
+            combo.blockSignals(False)
+        self.embedding_label.setVisible(needs_embedding)
+        self.embedding_combo.setVisible(needs_embedding)
+        self.no_model_box.setVisible(entry is not None and not self.models)
+        self._update_run_button()
+
+    def _update_run_button(self) -> None:
+        entry = self.current_recipe()
+        busy = self.run_task is not None and not self.run_task.state.finished
+        self.run_button.setEnabled(
+            entry is not None
+            and not self.podman_problem
+            and self.model_combo.currentData() is not None
+            and not busy
+        )
+
+    def _open_catalog(self) -> None:
+        if self._host is not None:
+            self._host.show_page("catalog")
+
+    def runner(self) -> RecipeRunner:
+        """The page's runner on the Lab's one Podman connection, made on first use."""
+        if self._runner is None:
+            self._runner = RecipeRunner(
+                self.lab.engine, self.lab.settings, gpu_probe=self.gpu_probe
+            )
+            self._runner.subscribe(self._on_run_event)
+        return self._runner
+
+    def _on_run_clicked(self) -> None:
+        entry = self.current_recipe()
+        model_id = self.model_combo.currentData()
+        if entry is None or model_id is None:
+            return
+        self.start_run(entry, str(model_id), self.embedding_combo.currentData())
+
+    def start_run(self, entry: RecipeEntry, model_id: str, embedding_id: str | None) -> Task:
+        """Run `entry` with a downloaded model as a Lab task (shown on the Tasks page)."""
+        store = bridge_for(self.lab).store
+        needs_embedding = bool(entry.spec.with_role(ContainerRole.EMBEDDING_SERVICE))
+
+        async def work(task: Task) -> None:
+            model = await asyncio.to_thread(store.path_of, model_id)
+            embedding = None
+            if needs_embedding and embedding_id:
+                embedding = await asyncio.to_thread(store.path_of, embedding_id)
+            request = RunRequest(entry, model, embedding, gpu="auto")
+            try:
+                run = await self.runner().run(request)
+            except PodlabError as exc:
+                self._show_run_status(f"{entry.name} failed: {exc.message}", exc.hint)
+                raise
+            except Exception as exc:
+                self._show_run_status(f"{entry.name} failed: {exc}")
+                raise
+            else:
+                self._show_run_status(f"{entry.name} runs at {run.app_url}")
+            finally:
+                await self.refresh_runs()
+
+        self._run_name = entry.name
+        self._show_run_status(f"{entry.name}: starting…")
+        self.run_task = self.lab.tasks.start(f"Run recipe {entry.name}", "recipe", work)
+        self._update_run_button()
+        return self.run_task
+
+    def _on_task_changed(self, task: Task) -> None:
+        if task is self.run_task and task.state.finished and shiboken6.isValid(self):
+            self._update_run_button()
+
+    def _on_run_event(self, event: RunEvent) -> None:
+        """Build and start lines go to the task's log; states and steps to its detail line."""
+        task = self.run_task
+        where = f"[{event.container}] " if event.container else ""
+        if event.kind == "log":
+            line = f"{where}{event.text}"
+        elif event.kind == "build":
+            line = f"{where}building {event.text}"
+        elif event.kind == "reuse":
+            line = f"{where}reusing {event.text} (inputs unchanged)"
+        elif event.kind == "ready":
+            line = f"{where}answers at {event.text}"
+        else:
+            line = event.text
+        if task is not None:
+            task.add_log(line)
+            if event.kind != "log":
+                task.report(detail=line)
+        if event.kind == "state" and event.text != "failed":
+            self._show_run_status(f"{self._run_name}: {event.text}…")
+
+    def _show_run_status(self, text: str, log_tail: str = "") -> None:
+        if shiboken6.isValid(self):
+            self.run_status.setText(f"{text}\n{log_tail}".strip())
+
+    # -- running applications --------------------------------------------------------------------
+
+    async def refresh_runs(self) -> None:
+        """List the runs from Podman's pod labels (nothing to list without Podman)."""
+        runs: list[RecipeRun] = []
+        if not self.podman_problem:
+            try:
+                runs = await self.runner().runs()
+            except PodlabError as exc:
+                log.warning("cannot list the recipe runs: %s", exc)
+        if not shiboken6.isValid(self):
+            return
+        self.runs = sorted(runs, key=lambda run: run.created)
+        self.runs_table.setRowCount(len(self.runs))
+        for row, run in enumerate(self.runs):
+            entry = self.catalog.get(run.recipe_id)
+            cells = (
+                entry.name if entry else run.recipe_id,
+                run.state.value,
+                run.model,
+                run.app_url,
+            )
+            for column, text in enumerate(cells):
+                self.runs_table.setItem(row, column, QTableWidgetItem(text))
+        self.runs_empty.setVisible(not self.runs)
+        self._update_run_actions()
+        self.sig_runs_listed.emit()
+
+    def selected_run(self) -> RecipeRun | None:
+        rows = self.runs_table.selectionModel().selectedRows()
+        if not rows or rows[0].row() >= len(self.runs):
+            return None
+        return self.runs[rows[0].row()]
+
+    def select_run(self, run_id: str) -> bool:
+        for row, run in enumerate(self.runs):
+            if run.id == run_id:
+                self.runs_table.selectRow(row)
+                return True
+        return False
+
+    def _update_run_actions(self) -> None:
+        run = self.selected_run()
+        self.open_button.setEnabled(run is not None and bool(run.app_url))
+        self.stop_button.setEnabled(run is not None and run.state.value == "running")
+        self.delete_button.setEnabled(run is not None)
+
+    def _on_open_clicked(self) -> None:
+        run = self.selected_run()
+        if run is not None and run.app_url:
+            QDesktopServices.openUrl(QUrl(run.app_url))
+
+    @asyncSlot()
+    async def _on_stop_clicked(self) -> None:
+        run = self.selected_run()
+        if run is not None:
+            await self._act(self.runner().stop(run.id), f"stop {run.pod}")
+
+    @asyncSlot()
+    async def _on_delete_clicked(self) -> None:
+        run = self.selected_run()
+        if run is not None:
+            await self._act(self.runner().remove(run.id), f"delete {run.pod}")
+
+    async def _act(self, action: Coroutine[Any, Any, object], what: str) -> None:
+        """Stop or delete a run; a failure is said on the page, then the list is read again."""
+        for button in (self.open_button, self.stop_button, self.delete_button):
+            button.setEnabled(False)
+        try:
+            await action
+        except PodlabError as exc:
+            self._show_run_status(f"Could not {what}: {exc.message}", exc.hint)
+        await self.refresh_runs()
+
+
+def _recommended_first(
+    models: list[StoredModel], recommended: tuple[str, ...]
+) -> list[StoredModel]:
+    """The recipe's recommended models in its order of preference, then the others by name."""
+    order = {model_id: index for index, model_id in enumerate(recommended)}
+    return sorted(
+        models,
+        key=lambda m: (order.get(m.catalog_id or "", len(order)), m.name.lower()),
+    )
+
 
 def create_page(lab: Lab, host: PageHost) -> QWidget:
-    return RecipesPage(lab)
+    return RecipesPage(lab, host)
