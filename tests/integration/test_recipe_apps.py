@@ -61,6 +61,26 @@ def send_chat(page: Any, text: str) -> None:
     box.press("Enter")
 
 
+def ask_chatbot(page: Any, question: str, log: Callable[[], str]) -> tuple[Any, set[str]]:
+    """Send a question in the chatbot page and wait for the answer and its speed line; returns
+    the answer's element and every text it showed while it streamed in."""
+    send_chat(page, question)
+    answer = page.get_by_test_id("stChatMessage").nth(1)
+    seen: set[str] = set()
+
+    def finished() -> bool:
+        if page.get_by_test_id("stChatMessage").count() < 2:
+            return False
+        text = answer.inner_text()
+        body = text.split("tokens/s")[0].strip()
+        if len(body) > len("smart_toy"):
+            seen.add(body)
+        return "tokens/s" in text
+
+    wait_until(finished, 300, "no answer with its speed", log)
+    return answer, seen
+
+
 def test_every_requirement_is_pinned() -> None:
     files = [*RECIPES.glob("*/app/requirements.txt"), CHROMA_REQUIREMENTS]
     assert len(files) == 4
@@ -87,20 +107,9 @@ def test_chatbot_streams_an_answer_with_its_speed(
         streamlit_venv, app_dir, "chatbot_ui.py", env, tmp_path
     ) as app:
         page.goto(app.url)
-        send_chat(page, "What is the capital of France? Answer in one word.")
-        answer = page.get_by_test_id("stChatMessage").nth(1)
-        seen: set[str] = set()
-
-        def finished() -> bool:
-            if page.get_by_test_id("stChatMessage").count() < 2:
-                return False
-            text = answer.inner_text()
-            body = text.split("tokens/s")[0].strip()
-            if len(body) > len("smart_toy"):
-                seen.add(body)
-            return "tokens/s" in text
-
-        wait_until(finished, 300, "no answer with its speed", app.log)
+        answer, seen = ask_chatbot(
+            page, "What is the capital of France? Answer in one word.", app.log
+        )
         final = answer.inner_text()
         assert re.search(r"\d+ tokens · [\d.]+ tokens/s · first token after \d+ ms", final), final
         # Streamed in: the page showed the answer at more than one length before it ended.

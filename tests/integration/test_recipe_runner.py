@@ -32,7 +32,7 @@ from podlab.core.recipes.runner import (
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.gpu.host import HostProbe
 from tests import harness, recipe_harness
-from tests.integration.test_recipe_apps import send_chat, wait_until
+from tests.integration.test_recipe_apps import ask_chatbot
 
 RECIPES = recipe_harness.RECIPES
 T = TypeVar("T")
@@ -137,20 +137,9 @@ def test_chatbot_runs_in_a_pod_answers_in_the_browser_and_starts_again_without_b
 
     # The app's page streams an answer from the model service inside the pod (key included).
     page.goto(first.app_url)
-    send_chat(page, "What is the capital of France? Answer in one word.")
-    answer = page.get_by_test_id("stChatMessage").nth(1)
-    seen: set[str] = set()
-
-    def finished() -> bool:
-        if page.get_by_test_id("stChatMessage").count() < 2:
-            return False
-        text = answer.inner_text()
-        body = text.split("tokens/s")[0].strip()
-        if len(body) > len("smart_toy"):
-            seen.add(body)
-        return "tokens/s" in text
-
-    wait_until(finished, 300, "no answer with its speed", lambda: "")
+    _answer, seen = ask_chatbot(
+        page, "What is the capital of France? Answer in one word.", lambda: ""
+    )
     assert len(seen) >= 2, seen
 
     # Unchanged recipe: the second start builds nothing and reuses every image.

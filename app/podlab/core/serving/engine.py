@@ -515,14 +515,19 @@ class Engine:
         except Exception as exc:
             raise _map_error(exc, self._status.url) from exc
 
-    async def _close_connection(self) -> None:
-        """Drop the podman-py client and the transport (an SSH tunnel stops)."""
+    def _detach(self) -> PodmanTransport | None:
+        """Drop the podman-py client; returns the transport for the caller to close."""
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
-        if self._transport is not None:
-            transport, self._transport = self._transport, None
+        transport, self._transport = self._transport, None
+        return transport
+
+    async def _close_connection(self) -> None:
+        """Drop the podman-py client and the transport (an SSH tunnel stops)."""
+        transport = self._detach()
+        if transport is not None:
             await asyncio.to_thread(transport.close)
 
     async def aclose(self) -> None:
@@ -531,12 +536,8 @@ class Engine:
     def close(self) -> None:
         """As `aclose`, for a process that is ending outside the event loop (an SSH tunnel
         must not outlive Podlab)."""
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
-        if self._transport is not None:
-            transport, self._transport = self._transport, None
+        transport = self._detach()
+        if transport is not None:
             transport.close()
 
     async def image_exists(self, ref: str) -> bool:
