@@ -134,3 +134,19 @@ def test_serve_takes_a_name(smollm2_model: Path) -> None:
     assert json.loads(result.stdout)["name"] == "my-smol"
     refused = podlab_env(*args, "--name", "no spaces")
     assert refused.returncode == 1 and "cannot name a service" in refused.stderr
+
+
+def test_models_import_links_a_catalog_file_by_its_sha256(smollm2_model: Path) -> None:
+    """The CLI takes the same step as the Models page: the real SmolLM2 file is byte for byte
+    the bundled catalog's variant, so it is known by that entry and its sha256 after import."""
+    result = podlab_env("models", "import", str(smollm2_model), "--json")
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(result.stdout)
+    assert entry["catalog_id"] == "smollm2-135m-instruct"
+    assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+    plain = podlab_env("models", "import", str(smollm2_model), "--no-hash", "--id", "raw")
+    assert plain.returncode == 0, plain.stderr
+    assert "recognised as catalog model" not in plain.stdout
+    listed = json.loads(podlab_env("models", "list", "--json").stdout)["models"]
+    by_id = {item["id"]: item for item in listed}
+    assert by_id["raw"]["sha256"] is None and by_id["raw"]["catalog_id"] is None

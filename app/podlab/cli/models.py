@@ -55,6 +55,11 @@ def register(subparsers: Any) -> None:
     imports.add_argument("path", metavar="PATH")
     imports.add_argument("--copy", action="store_true", help="copy the file into the models folder")
     imports.add_argument("--id", dest="model_id", help="id to register it under")
+    imports.add_argument(
+        "--no-hash",
+        action="store_true",
+        help="do not hash the file now (no sha256, not linked to its catalog entry)",
+    )
     imports.add_argument("--json", action="store_true", help="print JSON")
     imports.set_defaults(func=cmd_import)
 
@@ -266,6 +271,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     store, _ = _store()
     entry = store.import_gguf(Path(args.path), copy=args.copy, model_id=args.model_id)
+    if not args.no_hash:
+        from podlab.core.models.catalog import load_catalog
+
+        # The same step as the Models page: a file that is byte for byte a catalog variant is
+        # linked to it, so `serve` and the Catalog know it by its catalog name and sha256.
+        entry = store.recognise(entry.id, load_catalog().catalog) or entry
     if args.json:
         print_json(entry.to_dict())
         return 0
@@ -284,6 +295,10 @@ def cmd_import(args: argparse.Namespace) -> int:
             facts.append("chat template")
     where = "copied to" if args.copy else "used in place (not copied):"
     print(f"imported {entry.id}: {', '.join(facts) or 'GGUF'}; {where} {entry.path}")
+    if entry.catalog_id:
+        print(f"recognised as catalog model {entry.catalog_id} (sha256 {entry.sha256})")
+    elif entry.sha256:
+        print(f"sha256 {entry.sha256} (not a catalog file)")
     return 0
 
 
