@@ -148,6 +148,11 @@ class Download:
         finally:
             remove()
 
+    def announce(self) -> None:
+        """Tell the listeners the current state now (a queue calls it when it takes the
+        download in, so a queued download shows before its turn comes)."""
+        self._emit()
+
     def _emit(self) -> None:
         event = self.progress
         for listener in list(self._listeners):

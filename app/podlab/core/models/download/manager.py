@@ -43,7 +43,7 @@ class DownloadManager:
         """Queue a download; the returned task gives its result (or raises its error)."""
         if download in self._tasks:
             return self._tasks[download]
-        download._emit()  # announce "queued"
+        download.announce()  # "queued"
         task = asyncio.create_task(self._run(download))
         self._tasks[download] = task
         return task
