@@ -16,6 +16,7 @@ import pytest
 
 from podlab.core.chat.conversations import ConversationStore
 from podlab.core.errors import PodlabError
+from tests.keyrings import MemoryKeyring, install_memory_keyring
 
 pytestmark = pytest.mark.unit
 
@@ -308,38 +309,9 @@ def test_store_works_from_another_thread(store: ConversationStore) -> None:
 # -- secrets.py ---------------------------------------------------------------------------------
 
 
-class MemoryKeyring:
-    """A minimal keyring backend (what keyring.set_keyring accepts)."""
-
-    priority = 1
-
-    def __init__(self) -> None:
-        self.items: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, user: str) -> str | None:
-        return self.items.get((service, user))
-
-    def set_password(self, service: str, user: str, password: str) -> None:
-        self.items[(service, user)] = password
-
-    def delete_password(self, service: str, user: str) -> None:
-        from keyring.errors import PasswordDeleteError
-
-        if (service, user) not in self.items:
-            raise PasswordDeleteError(user)
-        del self.items[(service, user)]
-
-
 @pytest.fixture
 def fake_keyring(monkeypatch: pytest.MonkeyPatch) -> MemoryKeyring:
-    import keyring
-
-    backend = MemoryKeyring()
-    monkeypatch.setattr(keyring, "get_keyring", lambda: backend)
-    monkeypatch.setattr(keyring, "get_password", backend.get_password)
-    monkeypatch.setattr(keyring, "set_password", backend.set_password)
-    monkeypatch.setattr(keyring, "delete_password", backend.delete_password)
-    return backend
+    return install_memory_keyring(monkeypatch)
 
 
 def test_api_key_goes_to_the_keyring_per_endpoint(fake_keyring: MemoryKeyring) -> None:

@@ -1,7 +1,8 @@
-"""Whether a real system keyring is configured (Secret Service, KWallet, macOS Keychain).
+"""The system keyring (Secret Service, KWallet, macOS Keychain), when a real one is configured.
 
 Shared by the endpoint keys the user types (chat) and the keys Podlab makes for its own
-services (serving); neither may import the other, so the check lives here.
+services (serving); neither may import the other, so the keyring calls live here. Values and
+their accounts are never logged, only the kind of failure.
 """
 
 from __future__ import annotations
@@ -35,3 +36,41 @@ def keyring_backend() -> object | None:
 def keyring_available() -> bool:
     """True when secrets survive a restart (a real keyring backend is configured)."""
     return keyring_backend() is not None
+
+
+def keyring_get(service: str, account: str) -> str | None:
+    """The stored value, or None when there is no keyring, no value, or the keyring fails."""
+    if keyring_backend() is None:
+        return None
+    import keyring
+
+    try:
+        return keyring.get_password(service, account) or None
+    except Exception as exc:
+        log.warning("cannot read a key from the keyring: %s", type(exc).__name__)
+        return None
+
+
+def keyring_set(service: str, account: str, value: str) -> bool:
+    """Store a value; False when there is no keyring. A failing keyring raises its error."""
+    if keyring_backend() is None:
+        return False
+    import keyring
+
+    keyring.set_password(service, account, value)
+    return True
+
+
+def keyring_delete(service: str, account: str) -> None:
+    """Forget a value; a value that is not there, or no keyring, is not an error."""
+    if keyring_backend() is None:
+        return
+    import keyring
+    from keyring.errors import PasswordDeleteError
+
+    try:
+        keyring.delete_password(service, account)
+    except PasswordDeleteError:
+        pass
+    except Exception as exc:
+        log.warning("cannot delete a key from the keyring: %s", type(exc).__name__)

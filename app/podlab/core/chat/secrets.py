@@ -16,8 +16,12 @@ import threading
 
 from podlab.core.chat.client import normalize_base_url
 from podlab.core.errors import PodlabError
-from podlab.core.keyring_backend import keyring_available
-from podlab.core.keyring_backend import keyring_backend as _keyring_backend
+from podlab.core.keyring_backend import (
+    keyring_available,
+    keyring_delete,
+    keyring_get,
+    keyring_set,
+)
 
 __all__ = [
     "SERVICE",
@@ -63,18 +67,9 @@ def _account(endpoint: str) -> str:
 def get_api_key(endpoint: str) -> Secret | None:
     """The stored key for an endpoint, or None."""
     account = _account(endpoint)
-    if _keyring_backend() is not None:
-        import keyring
-
-        try:
-            value = keyring.get_password(SERVICE, account)
-        except Exception as exc:
-            log.warning(
-                "cannot read the API key for %s from the keyring: %s", account, type(exc).__name__
-            )
-            value = None
-        if value:
-            return Secret(value)
+    value = keyring_get(SERVICE, account)
+    if value:
+        return Secret(value)
     with _memory_lock:
         value = _memory.get(account)
     return Secret(value) if value else None
@@ -86,35 +81,23 @@ def set_api_key(endpoint: str, key: str) -> bool:
         delete_api_key(endpoint)
         return keyring_available()
     account = _account(endpoint)
-    if _keyring_backend() is not None:
-        import keyring
-
-        try:
-            keyring.set_password(SERVICE, account, str.__str__(key))
-        except Exception as exc:
-            raise PodlabError(
-                f"cannot store the API key for {account} in the keyring ({type(exc).__name__})",
-                "unlock the keyring, or provide the key through an environment variable",
-            ) from None
-        with _memory_lock:
-            _memory.pop(account, None)
-        return True
+    try:
+        stored = keyring_set(SERVICE, account, str.__str__(key))
+    except Exception as exc:
+        raise PodlabError(
+            f"cannot store the API key for {account} in the keyring ({type(exc).__name__})",
+            "unlock the keyring, or provide the key through an environment variable",
+        ) from None
     with _memory_lock:
-        _memory[account] = str.__str__(key)
-    return False
+        if stored:
+            _memory.pop(account, None)
+        else:
+            _memory[account] = str.__str__(key)
+    return stored
 
 
 def delete_api_key(endpoint: str) -> None:
     account = _account(endpoint)
     with _memory_lock:
         _memory.pop(account, None)
-    if _keyring_backend() is not None:
-        import keyring
-        from keyring.errors import PasswordDeleteError
-
-        try:
-            keyring.delete_password(SERVICE, account)
-        except PasswordDeleteError:
-            pass
-        except Exception as exc:
-            log.warning("cannot delete the API key for %s: %s", account, type(exc).__name__)
+    keyring_delete(SERVICE, account)

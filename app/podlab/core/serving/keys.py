@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from podlab.core.keyring_backend import keyring_backend
+from podlab.core.keyring_backend import keyring_delete, keyring_get, keyring_set
 from podlab.core.paths import Locations, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,12 @@ class ServiceKeys:
 
     def save(self, endpoint: str, key: str) -> None:
         account = self._account(endpoint)
-        if keyring_backend() is not None:
-            import keyring
-
-            try:
-                keyring.set_password(KEYRING_SERVICE, account, key)
+        try:
+            if keyring_set(KEYRING_SERVICE, account, key):
                 self._file(account).unlink(missing_ok=True)
                 return
-            except Exception as exc:  # a locked keyring: the private file still works
-                log.warning("cannot store a service key in the keyring: %s", type(exc).__name__)
+        except Exception as exc:  # a locked keyring: the private file still works
+            log.warning("cannot store a service key in the keyring: %s", type(exc).__name__)
         atomic_write_text(self._file(account), key, private=True)
 
     def get(self, endpoint: str) -> str | None:
@@ -69,16 +66,9 @@ class ServiceKeys:
         account = endpoint_account(endpoint)
         if account is None:
             return None
-        if keyring_backend() is not None:
-            import keyring
-
-            try:
-                value = keyring.get_password(KEYRING_SERVICE, account)
-            except Exception as exc:
-                log.warning("cannot read a service key from the keyring: %s", type(exc).__name__)
-                value = None
-            if value:
-                return value
+        value = keyring_get(KEYRING_SERVICE, account)
+        if value:
+            return value
         try:
             return self._file(account).read_text().strip() or None
         except OSError:
@@ -89,16 +79,7 @@ class ServiceKeys:
         if account is None:
             return
         self._file(account).unlink(missing_ok=True)
-        if keyring_backend() is not None:
-            import keyring
-            from keyring.errors import PasswordDeleteError
-
-            try:
-                keyring.delete_password(KEYRING_SERVICE, account)
-            except PasswordDeleteError:
-                pass
-            except Exception as exc:
-                log.warning("cannot delete a service key: %s", type(exc).__name__)
+        keyring_delete(KEYRING_SERVICE, account)
 
     def _account(self, endpoint: str) -> str:
         account = endpoint_account(endpoint)
