@@ -7,6 +7,7 @@ skips) when it cannot, because CI installs everything the suite needs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import pwd
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,49 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None
     raise HarnessError(f"{url} did not answer within {timeout:.0f}s ({last})")
 
 
+@contextlib.contextmanager
+def background_process(
+    argv: Sequence[str],
+    log_path: Path,
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `argv` with its output in `log_path`, poll `ready()` until it holds (failing with
+    the log when the process exits or `timeout` passes), and stop the process afterwards."""
+    log = log_path.open("wb")
+    proc = subprocess.Popen(list(argv), env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise HarnessError(f"{what} exited with {proc.returncode}: {tail}")
+            if time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise HarnessError(f"{what} was not ready within {timeout:.0f} s: {tail}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def answers_http(url: str, transport: httpx.HTTPTransport | None = None) -> bool:
+    """True when `url` answers 200 now."""
+    try:
+        with httpx.Client(transport=transport, timeout=2) as client:
+            return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def write_test_containers_conf(directory: Path, text: str = TEST_CONTAINERS_CONF) -> Path:
     path = directory / "containers.conf"
     path.write_text(text)
@@ -135,39 +179,16 @@ def _serve_api(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `podman system service` (prefix: podman itself, maybe behind runuser) until /_ping
     answers on the socket; stop it afterwards."""
-    url = f"unix://{sock}"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [*prefix, "system", "service", "--time=0", url],
+    transport = httpx.HTTPTransport(uds=str(sock))
+    with background_process(
+        [*prefix, "system", "service", "--time=0", f"unix://{sock}"],
+        log_path,
+        lambda: sock.exists() and answers_http("http://d/_ping", transport),
+        "podman system service",
+        timeout=30,
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        transport = httpx.HTTPTransport(uds=str(sock))
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise HarnessError(f"podman system service exited: {log_path.read_text()}")
-            if sock.exists():
-                try:
-                    with httpx.Client(transport=transport, timeout=2) as client:
-                        if client.get("http://d/_ping").status_code == 200:
-                            break
-                except httpx.HTTPError:
-                    pass
-            if time.monotonic() > deadline:
-                raise HarnessError("podman system service did not answer /_ping within 30 s")
-            time.sleep(0.05)
+    ) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def podman_server_version(service: PodmanService) -> str:
@@ -362,32 +383,16 @@ def ssh_server(directory: Path) -> Iterator[SshServer]:
         )
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+    def listening() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
     log_path = directory / "sshd.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise HarnessError(f"sshd exited with {proc.returncode}: {log_path.read_text()}")
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise HarnessError(f"sshd did not listen on port {port}: {log_path.read_text()}")
-            time.sleep(0.05)
+    argv = [sshd, "-D", "-e", "-f", str(config)]
+    with background_process(argv, log_path, listening, "sshd", timeout=15) as proc:
         user = pwd.getpwuid(os.getuid()).pw_name
         yield SshServer(port, user, directory / "client_key", proc, log_path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def ensure_base_image(containers_conf: Path) -> str:
@@ -442,42 +447,15 @@ def llama_server(
         )
     port = free_port()
     log_path = log_dir / f"llama-{port}.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            str(n_ctx),
-            "--n_threads",
-            "2",
-            *extra_args,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2",
+        *extra_args,
+    ]  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for_http(f"{base_url}/v1/models", timeout=120, proc=proc)
-        except HarnessError as exc:
-            raise HarnessError(f"{exc}\n{log_path.read_text(errors='replace')[-3000:]}") from exc
+    ready = functools.partial(answers_http, f"{base_url}/v1/models")
+    with background_process(argv, log_path, ready, "llama_cpp.server", timeout=120) as proc:
         yield LlamaServer(base_url, model, proc, log_path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @contextlib.contextmanager
