@@ -14,7 +14,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from podlab import __version__
@@ -343,11 +343,12 @@ def service_plan(
     server_kind = service.server_kind
     if spec is None or gpu is not None:
         kind = server_kind if server_kind in ("llama-cpp", "vllm") else "llama-cpp-python"
+        options = replace(service.options, image=service.options.image or service.image)
         spec = model_server_spec(
             service.model_file,
             kind,
             target_passthrough(target),
-            service.options,
+            options,
             service_id=service.id,
             model_ref=service.model_ref,
             host_port=service.port,
@@ -393,3 +394,19 @@ def model_path_in_image(part: Part) -> str:
 def secret_env(part: Part) -> Sequence[tuple[str, str]]:
     """(variable, secret name) pairs of a container: where it reads the key."""
     return sorted(part.spec.secret_env.items())
+
+
+def _repository(reference: str) -> str:
+    """`quay.io/a/b:tag` -> `quay.io/a/b` (a registry port stays: `host:5000/a:tag`)."""
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
+def repo_digest(reference: str, repo_digests: Sequence[str]) -> str | None:
+    """The reference by digest among an image's RepoDigests (same repository), if any."""
+    repository = _repository(reference)
+    for candidate in repo_digests:
+        if candidate.split("@", 1)[0] == repository and "@sha256:" in candidate:
+            return candidate
+    return None
