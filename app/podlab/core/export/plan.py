@@ -11,6 +11,7 @@ provided on the target machine (a Kubernetes Secret, a Podman secret or an env f
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -117,7 +118,7 @@ class ExportPlan:
 
     @property
     def secret_name(self) -> str:
-        return f"{self.name}-api-key"
+        return dns_label(f"{self.name}-api-key")
 
     @property
     def models(self) -> list[ModelArtifact]:
@@ -320,9 +321,15 @@ def recipe_plan(
     if embedding is not None:
         annotations["podlab.embedding-model"] = embedding.ref
         annotations["podlab.embedding-model.sha256"] = artifacts[embedding.ref].sha256
-    options = next((p.spec for p in parts if p.model is not None), None)
-    if options is not None and LABEL_OPTIONS in options.labels:
-        annotations[LABEL_OPTIONS] = options.labels[LABEL_OPTIONS]
+    server = next((p.spec for p in parts if p.role == ContainerRole.MODEL_SERVICE.value), None)
+    if server is not None:
+        # The runner's containers carry the run's labels, not the service's: the parameters
+        # come from the server's environment contract.
+        tested = {
+            "ctx_size": int(server.env["CTX_SIZE"]),
+            "gpu_layers": int(server.env["GPU_LAYERS"]),
+        }
+        annotations[LABEL_OPTIONS] = json.dumps(tested, sort_keys=True, separators=(",", ":"))
     return ExportPlan(name, entry.name, tuple(parts), dict(ports), gpu, annotations)
 
 
