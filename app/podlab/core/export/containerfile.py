@@ -8,6 +8,7 @@ an init container and KServe need) and runs as a non-root user.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def _context_files(folder: Path) -> tuple[list[tuple[str, str, int]], list[str]]
     return files, skipped
 
 
+def build_word(text: str) -> str:
+    """A path for a Containerfile instruction: Buildah still reads quotes, backslashes and `$`
+    in the JSON form (variables, word splitting), so each is escaped with a backslash."""
+    return re.sub(r"([\\'\"$])", r"\\\1", text)
+
+
 def model_containerfile_name(plan: ExportPlan, model: ModelArtifact) -> str:
     first = plan.models[0] if plan.models else None
     if first is None or model.image == first.image:
@@ -70,7 +77,7 @@ def model_containerfile(model: ModelArtifact, name: str) -> str:
 FROM {BASE_IMAGE}
 LABEL {label_text}
 RUN mkdir -p {MODEL_MOUNT} && chown {APP_USER}:0 {MODEL_MOUNT}
-COPY --chmod=0444 {json.dumps([model.file_name, target])}
+COPY --chmod=0444 {json.dumps([build_word(model.file_name), build_word(target)])}
 ENV PATH=/usr/local/bin:/usr/bin:/bin
 USER {APP_USER}
 """
