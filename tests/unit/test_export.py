@@ -641,6 +641,12 @@ def test_a_service_without_a_key_asks_for_none(smollm2_model: Path, settings: Se
     [pod] = kube_documents(files["kube/pod.yaml"])
     assert "PODLAB_API_KEY" not in env_of(pod["spec"]["containers"][0])
     assert "Secret=" not in "".join(t for p, t in files.items() if p.endswith(".container"))
+    # A service found again from its labels (no spec in memory) whose key the keyring lost is
+    # exported with a key all the same, as the require_api_key setting says.
+    listed = make_service(smollm2_model, "listed", None)
+    listed.spec = None
+    [pod] = kube_documents(by_path(export_service(listed, settings=settings))["kube/pod.yaml"])
+    assert "secretKeyRef" in env_of(pod["spec"]["containers"][0])["PODLAB_API_KEY"]
 
 
 def test_an_export_for_another_gpu_plans_that_gpu(smollm2_model: Path, settings: Settings) -> None:
