@@ -740,3 +740,31 @@ def test_the_cli_exports_refuses_a_full_folder_and_names_a_missing_model(
     assert missing.returncode != 0
     assert "recommended" in missing.stderr and "podlab models pull" in missing.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_registry_images_are_pinned_by_digest_and_local_builds_keep_their_tag(
+    smollm2_model: Path, smollm2: ResolvedModel, settings: Settings
+) -> None:
+    from podlab.core.export.plan import repo_digest
+
+    digest = "sha256:" + "a" * 64
+    assert repo_digest("quay.io/ex/server:1.0", [f"quay.io/other/x@{digest}"]) is None
+    assert (
+        repo_digest("host:5000/ex/server:1.0", [f"host:5000/ex/server@{digest}"])
+        == f"host:5000/ex/server@{digest}"
+    )
+    service = make_service(smollm2_model, "pinned", "k")
+    assert service.spec is not None
+    service.spec.image = "quay.io/ex/server:1.0"
+    pinned = f"quay.io/ex/server@{digest}"
+    files = by_path(
+        export_service(service, settings=settings, image_digests={service.spec.image: pinned})
+    )
+    [pod] = kube_documents(files["kube/pod.yaml"])
+    assert pod["spec"]["containers"][0]["image"] == pinned
+    assert f"Image={pinned}" in "".join(t for p, t in files.items() if p.endswith(".container"))
+    # A local build is named by its inputs' hash already, and its Containerfile is exported.
+    local = {PODLAB_SERVER_IMAGE: f"localhost/podlab/llamacpp-python@{digest}"}
+    files = export_of("chatbot", smollm2, settings, image_digests=local)
+    [pod] = kube_documents(files["kube/pod.yaml"])
+    assert pod["spec"]["containers"][0]["image"] == PODLAB_SERVER_IMAGE
