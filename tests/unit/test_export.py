@@ -247,6 +247,12 @@ def copied_paths(line: str) -> list[str]:
     return [re.sub(r"\\(.)", r"\1", word) for word in json.loads(line.split(" ", 2)[2])]
 
 
+def files_image(files: dict[str, str]) -> str:
+    """The model image the kube export's init container copies from."""
+    [pod] = kube_documents(files["kube/pod.yaml"])
+    return str(pod["spec"]["initContainers"][0]["image"])
+
+
 def by_path(files: list[ExportedFile]) -> dict[str, str]:
     paths = [f.path for f in files]
     assert len(paths) == len(set(paths)), paths
@@ -552,7 +558,10 @@ def test_a_model_path_with_spaces_and_quotes_reaches_every_format(
     assert compose["services"]["llamacpp-server"]["environment"]["MODEL_PATH"] == target
     unit = parse_unit(files["quadlet/podlab-chatbot-llamacpp-server.container"])
     environment = [systemd_unquote(v) for _s, k, v in unit if k == "Environment"]
-    assert f"MODEL_PATH={target}" in environment
+    # Quadlet mounts the model image's whole root at /modelcar.
+    assert f"MODEL_PATH=/modelcar{target}" in environment
+    mounts = [v for _s, k, v in unit if k == "Mount"]
+    assert mounts == [f"type=image,source={files_image(files)},destination=/modelcar"]
     modelcar = files["containerfile/Containerfile.model"]
     copy = next(line for line in modelcar.splitlines() if line.startswith("COPY"))
     assert copied_paths(copy) == [HOSTILE_FILE, target]
