@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from podlab.cli.export import cmd_recipe_export, register_recipe_export
 from podlab.cli.output import print_json, print_table
 from podlab.core.errors import PodlabError
 from podlab.core.paths import Locations
@@ -96,6 +97,8 @@ def register(subparsers: Any) -> None:
     rm_parser = commands.add_parser("rm", help="remove a recipe run: its pod and containers")
     rm_parser.add_argument("run", metavar="RUN", help="run id (see 'podlab recipe ps')")
     rm_parser.set_defaults(func=cmd_rm)
+
+    register_recipe_export(commands).set_defaults(func=cmd_export)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -292,3 +295,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     _with_runner(remove)
     print(f"removed {args.run}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    return cmd_recipe_export(args, _find(_load(), args.id))

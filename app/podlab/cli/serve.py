@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from podlab.cli.export import register_services_export
 from podlab.cli.output import print_json, print_table, terminal_safe
 from podlab.core.logs import log_file
 from podlab.core.models.store import ModelStore
@@ -128,6 +129,7 @@ def register(subparsers: Any) -> None:
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     logs.set_defaults(func=cmd_logs)
+    register_services_export(actions)
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -35,6 +35,7 @@ import httpx
 from podlab import __version__
 from podlab.core.errors import PodlabError
 from podlab.core.recipes.catalog import RecipeEntry
+from podlab.core.recipes.pod import plan_pod
 from podlab.core.recipes.spec import ContainerRole, RecipeContainer
 from podlab.core.serving.backends.podman import build_model_server_image, model_server_context
 from podlab.core.serving.container_spec import (
@@ -43,21 +44,17 @@ from podlab.core.serving.container_spec import (
     LABEL_VERSION,
     LOOPBACK,
     PODLAB_SERVER_IMAGE,
-    ContainerSpec,
-    ServiceOptions,
-    model_server_spec,
     slug,
 )
 from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine, PullPolicy
 from podlab.core.serving.gpu.detect import detect_gpus
 from podlab.core.serving.gpu.host import HostProbe
-from podlab.core.serving.gpu.passthrough import Passthrough, PassthroughPlan, plan_passthrough
+from podlab.core.serving.gpu.passthrough import PassthroughPlan, plan_passthrough
 from podlab.core.serving.planning import ResolvedModel, choose_port, resolve_model
 from podlab.core.settings import Settings
 
 LABEL_RUN = "podlab.recipe-run"
 LABEL_RECIPE = "podlab.recipe"
-LABEL_RUN_CONTAINER = "podlab.recipe.container"
 LABEL_RUN_APP_URL = "podlab.recipe.app-url"
 LABEL_RUN_PORTS = "podlab.recipe.ports"
 LABEL_RUN_MODEL = "podlab.recipe.model"
@@ -342,86 +339,25 @@ class RecipeRunner:
             client.pods.create, run.pod, labels=pod_labels, portmappings=portmappings
         )
         api_key = secrets.token_urlsafe(32)
-        wiring = self._wiring(spec.containers, model, embedding)
-        specs: list[ContainerSpec] = []
-        for container in spec.containers:
-            if container.role is ContainerRole.MODEL_SERVICE:
-                specs.append(self._model_spec(run, container, images, model, plan))
-            elif container.role is ContainerRole.EMBEDDING_SERVICE:
-                assert embedding is not None
-                specs.append(
-                    self._model_spec(run, container, images, embedding, plan, embedding=True)
-                )
-            else:
-                env = dict(wiring) if container.role is ContainerRole.APP else {}
-                specs.append(ContainerSpec(image=images[container.name], env=env))
-        for container, container_spec in zip(spec.containers, specs, strict=True):
-            container_spec.name = f"{run.pod}-{slug(container.name)}"
-            container_spec.pod = run.pod
-            container_spec.ports = []
-            container_spec.labels = {**labels, LABEL_RUN_CONTAINER: container.name}
-            if container.role is ContainerRole.APP:
-                container_spec.secret_env["MODEL_ENDPOINT_BEARER"] = API_KEY_SECRET
-            # The model services name the key in their spec (model_server_spec); its value
-            # goes only into the created containers, never into the spec an export reads.
-            kwargs = container_spec.to_podman_kwargs(secrets={API_KEY_SECRET: api_key})
+        planned = plan_pod(
+            request.recipe,
+            images,
+            model,
+            embedding,
+            plan.passthrough,
+            self.settings,
+            run_id=run.id,
+            pod=run.pod,
+            host_ports=run.ports,
+            labels=labels,
+        )
+        for planned_container in planned.containers:
+            # The model services and the app name the key in their spec; its value goes only
+            # into the created containers, never into the spec an export reads.
+            kwargs = planned_container.spec.to_podman_kwargs(secrets={API_KEY_SECRET: api_key})
             await self.engine.call(client.containers.create, **kwargs)
         pod = await self.engine.call(client.pods.get, run.pod)
         await self.engine.call(pod.start)
-
-    def _model_spec(
-        self,
-        run: RecipeRun,
-        container: RecipeContainer,
-        images: Mapping[str, str],
-        model: ResolvedModel,
-        plan: PassthroughPlan,
-        embedding: bool = False,
-    ) -> ContainerSpec:
-        """The model service through the same spec builder as "serve" (env contract, model
-        read-only, GPU passthrough), listening on the recipe's port inside the pod."""
-        options = ServiceOptions(
-            ctx_size=self.settings.default_context_size,
-            image=images[container.name],
-            extra_args=["--embedding", "true"] if embedding else [],
-        )
-        spec = model_server_spec(
-            str(model.path),
-            "llama-cpp-python",
-            # The small embedding model stays on the CPU and leaves the GPU to the chat model.
-            Passthrough() if embedding else plan.passthrough,
-            options,
-            service_id=run.id,
-            model_ref=model.ref,
-            host_port=run.ports.get(container.name, 0),
-        )
-        if container.ports:
-            spec.env["PORT"] = str(container.ports[0])
-        return spec
-
-    @staticmethod
-    def _wiring(
-        containers: tuple[RecipeContainer, ...],
-        model: ResolvedModel,
-        embedding: ResolvedModel | None,
-    ) -> dict[str, str]:
-        """The app's environment: where each service answers inside the pod."""
-        env: dict[str, str] = {}
-        for container in containers:
-            if not container.ports:
-                continue
-            url = f"http://localhost:{container.ports[0]}"
-            if container.role is ContainerRole.MODEL_SERVICE:
-                env["MODEL_ENDPOINT"] = url
-                env["MODEL_NAME"] = model.ref
-            elif container.role is ContainerRole.EMBEDDING_SERVICE:
-                env["EMBEDDING_ENDPOINT"] = url
-                env["EMBEDDING_MODEL"] = embedding.ref if embedding is not None else ""
-            elif container.role is ContainerRole.VECTORDB:
-                env["VECTORDB_HOST"] = "localhost"
-                env["VECTORDB_PORT"] = str(container.ports[0])
-                env["VECTORDB_NAME"] = "podlab-rag"
-        return env
 
     def _labels(self, run: RecipeRun) -> dict[str, str]:
         return {
