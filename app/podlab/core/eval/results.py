@@ -36,8 +36,12 @@ class CellSpec:
 
     @property
     def label(self) -> str:
-        """A short name for tables and charts: "model · Q4_K_M · cuda · 4096 · podman"."""
-        parts = [self.model, self.quant, self.image, str(self.ctx) if self.ctx else None]
+        """A short name for tables and charts: "model · Q4_K_M · cuda · 4096 · podman" (a
+        model file by its name, not its whole path)."""
+        model = self.model
+        if "/" in model and "://" not in model:
+            model = model.rstrip("/").rsplit("/", 1)[-1]
+        parts = [model, self.quant, self.image, str(self.ctx) if self.ctx else None]
         return " · ".join(part for part in (*parts, self.backend) if part)
 
     def to_dict(self) -> dict[str, Any]:
