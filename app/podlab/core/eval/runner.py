@@ -237,7 +237,9 @@ class EvalRunner:
         measurement: Measurement | None = None
         outcome = "cell-done"
         try:
-            served = await self._start(cell.spec, run.config)
+            if cell.status == "running":  # its process was killed: its server may be left
+                await self._remove_leftover(service_name(run, cell.position))
+            served = await self._start(cell.spec, run.config, service_name(run, cell.position))
             self.current = served
             self.store.update_cell(
                 cell.id,
@@ -359,7 +361,14 @@ class EvalRunner:
 
     # -- servers -------------------------------------------------------------------------------
 
-    async def _start(self, spec: CellSpec, config: RunConfig) -> ServedCell:
+    async def _remove_leftover(self, name: str) -> None:
+        for service in await self.services.list_services():
+            if service.name == name:
+                log.info("removing %s, left by an evaluation that was killed", name)
+                with contextlib.suppress(PodlabError):
+                    await self.services.delete(service)
+
+    async def _start(self, spec: CellSpec, config: RunConfig, name: str) -> ServedCell:
         if spec.backend == "endpoint":
             async with ChatClient(spec.model) as client:
                 models = await client.list_models()
@@ -368,7 +377,7 @@ class EvalRunner:
         options = ServiceOptions(image=spec.image)
         if spec.ctx:
             options.ctx_size = spec.ctx
-        request = ServeRequest(model, engine=spec.backend, options=options)
+        request = ServeRequest(model, engine=spec.backend, options=options, name=name)
         service: InferenceService | None = None
         try:
             service = await self.services.create(request)
@@ -401,6 +410,13 @@ class EvalRunner:
             await self.services.delete(served.service)
         except PodlabError as exc:
             log.warning("could not remove evaluation service %s: %s", served.service.name, exc)
+
+
+def service_name(run: RunRecord, position: int) -> str:
+    """The name of a cell's service, found again to remove it after a killed run; the run's
+    creation time makes it unique across databases (Podman names must be)."""
+    token = hashlib.sha256(repr(run.created).encode()).hexdigest()[:8]
+    return f"podlab-eval-{run.id}-{position + 1}-{token}"
 
 
 async def _last_done(stream: Any) -> Done:
