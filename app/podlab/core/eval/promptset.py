@@ -74,6 +74,7 @@ class PromptItem:
             "reference": self.reference,
             "scorer": self.scorer.to_dict(),
             "tags": list(self.tags),
+            "line": self.line,
         }
 
     @classmethod
@@ -85,6 +86,7 @@ class PromptItem:
             reference=data.get("reference"),
             scorer=ScorerSpec.from_dict(data["scorer"]),
             tags=tuple(data.get("tags") or ()),
+            line=data.get("line"),
         )
 
 
