@@ -305,7 +305,9 @@ async def test_a_real_model_judges_the_whole_loop(
             assert record.score_detail.startswith("answer first: ")
         else:
             assert record.score is None and "order 1" in record.score_detail
-    print([(r.item_id, r.answer, r.score, r.score_detail) for r in records])
+    # Greedy decoding with a seed: Gemma 3 270M's verdicts are the same every time, and at
+    # least one of them reads ("I think the answer is A." in both orders: position bias, 0.5).
+    assert any(record.score_state == "scored" for record in records)
 
 
 async def test_memory_figures_match_psutil_for_a_local_server(
