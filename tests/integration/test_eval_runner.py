@@ -30,7 +30,6 @@ from podlab.core.eval.runner import (
     RunProgress,
     ServedCell,
     new_run_config,
-    process_tree_rss,
 )
 from podlab.core.eval.scorers import JudgeConfig, score_answer
 from podlab.core.eval.store import EvalStore
@@ -318,7 +317,7 @@ async def test_memory_figures_match_psutil_for_a_local_server(
     )
     assert service.pid is not None
     served = ServedCell(service.endpoint, service.model_ref, service=service)
-    sampler = MemorySampler.for_served(service_manager, served, 0.5)
+    sampler = await MemorySampler.for_served(service_manager, served, 0.5)
     assert sampler is not None and sampler.source == "process RSS"
     ours = await sampler.sample()
     theirs = psutil.Process(service.pid).memory_info().rss
@@ -345,11 +344,13 @@ async def test_one_cell_on_podman_with_container_memory(
         assert served.service is not None and served.service.container_id
         container = podman_client.containers.get(served.service.container_id)
         pid = int(container.attrs["State"]["Pid"])
-        sampler = MemorySampler.for_served(service_manager, served, 0.5)
-        assert sampler is not None and sampler.source == "container stats"
+        sampler = await MemorySampler.for_served(service_manager, served, 0.5)
+        # The server's processes are on this machine: their RSS, as psutil reads it.
+        assert sampler is not None and sampler.source == "container process RSS"
         ours = await sampler.sample()
-        theirs = process_tree_rss(pid)
-        assert ours is not None and theirs is not None
+        init = psutil.Process(pid)  # the container's init; the server is its child
+        theirs = sum(p.memory_info().rss for p in (init, *init.children(recursive=True)))
+        assert ours is not None
         compared.append((ours, theirs))
 
     def progress(event: RunProgress) -> None:
@@ -361,7 +362,7 @@ async def test_one_cell_on_podman_with_container_memory(
     assert finished.status == "finished"
     (cell,) = store.cells(run.id)
     assert cell.status == "done", cell.error
-    assert cell.memory_source == "container stats" and cell.peak_memory_bytes
+    assert cell.memory_source == "container process RSS" and cell.peak_memory_bytes
     assert cell.image_digest and cell.image_digest.startswith(("sha256:", ""))
     assert cell.model_sha256 == sha256_of(smollm2_model)
     assert len(store.items(cell.id)) == 10
