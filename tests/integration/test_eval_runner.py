@@ -369,3 +369,43 @@ async def test_one_cell_on_podman_with_container_memory(
     assert_scores_recompute(store, run.id, ten_items)
     ((ours, theirs),) = compared
     assert abs(ours - theirs) <= 0.10 * theirs, (ours, theirs)
+
+
+async def test_pause_then_resume_and_cancel_against_a_real_http_server(
+    store: EvalStore, ten_items: PromptSet
+) -> None:
+    """Pause stops after the item being asked; run() again asks only the rest. Cancel stops at
+    once and the run can still be resumed. Counted on the server's side."""
+    async with FaultServer() as server:
+        run = store.create_run(
+            new_run_config(ten_items, [CellSpec(server.url, backend="endpoint")])
+        )
+        runner = EvalRunner(store)
+
+        def pause_after_three(event: RunProgress) -> None:
+            if event.state == "running" and event.items_done == 3:
+                runner.pause()
+
+        paused = await runner.run(run.id, pause_after_three)
+        assert paused.status == "paused"
+        (cell,) = store.cells(run.id)
+        assert cell.status == "pending" and len(store.items(cell.id)) == 4
+        assert len(server.chat_requests()) == 4  # the item being asked was finished
+
+        def cancel_after_six(event: RunProgress) -> None:
+            if event.state == "running" and event.items_done == 6:
+                runner.cancel()
+
+        cancelled = await runner.run(run.id, cancel_after_six)
+        assert cancelled.status == "cancelled"
+        assert len(store.items(cell.id)) == 6
+
+        finished = await runner.run(run.id)
+        assert finished.status == "finished"
+        asked = [r.body["messages"][-1]["content"] for r in server.chat_requests()]
+    assert len(store.items(cell.id)) == 10
+    prompts = [item.prompt for item in ten_items.items]
+    # Every item was asked once, except the one a cancel cut off, which was asked again.
+    assert sorted(set(asked)) == sorted(prompts)
+    assert len(asked) in (10, 11)
+    assert store.cell(cell.id).status == "done"
