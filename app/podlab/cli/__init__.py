@@ -20,7 +20,7 @@ from podlab.core.logs import add_log_level_option, configure_logging
 from podlab.core.paths import Locations, tighten_private_files
 
 # Modules under podlab.cli that add subcommands; each has register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("catalog", "models", "serve", "chat", "recipe")
+COMMAND_MODULES: tuple[str, ...] = ("catalog", "models", "serve", "chat", "recipe", "eval")
 
 log = logging.getLogger(__name__)
 

@@ -52,6 +52,11 @@ class Locations:
         return self.data_dir / "podlab.sqlite3"
 
     @property
+    def eval_database_file(self) -> Path:
+        """Evaluation runs, their cells and every answer with its score (SQLite)."""
+        return self.state_dir / "eval.sqlite3"
+
+    @property
     def session_file(self) -> Path:
         """Where each page was left (conversation, endpoints, Compare's panes)."""
         return self.state_dir / "session.json"

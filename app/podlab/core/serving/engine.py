@@ -556,6 +556,19 @@ class Engine:
         labels = data.get("Labels") or (data.get("Config") or {}).get("Labels") or {}
         return {str(k): str(v) for k, v in labels.items()}
 
+    async def image_digest(self, ref: str) -> str | None:
+        """The digest of a local image (its manifest digest when pulled, else its id), so a
+        result can say exactly which server build produced it; None when it is not there."""
+        async with self._http() as http:
+            response = await http.get(
+                f"{API_PREFIX}/images/{urllib.parse.quote(ref, safe='')}/json"
+            )
+            if response.status_code != 200:
+                return None
+            data = response.json()
+        digest = data.get("Digest") or data.get("Id")
+        return str(digest) if digest else None
+
     async def pull(self, ref: str) -> AsyncIterator[str]:
         """Pull an image, yielding Podman's progress lines; PodlabError when it fails."""
         await self.ensure()

@@ -1,0 +1,1 @@
+"""Evaluate: prompt sets with references, scorers, unattended runs over models, results."""
