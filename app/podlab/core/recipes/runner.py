@@ -342,7 +342,7 @@ class RecipeRunner:
             client.pods.create, run.pod, labels=pod_labels, portmappings=portmappings
         )
         api_key = secrets.token_urlsafe(32)
-        wiring = self._wiring(spec.containers, model, embedding)
+        wiring = self._wiring(spec.containers, model, embedding, self.settings.default_context_size)
         specs: list[ContainerSpec] = []
         for container in spec.containers:
             if container.role is ContainerRole.MODEL_SERVICE:
@@ -404,6 +404,7 @@ class RecipeRunner:
         containers: tuple[RecipeContainer, ...],
         model: ResolvedModel,
         embedding: ResolvedModel | None,
+        context_size: int,
     ) -> dict[str, str]:
         """The app's environment: where each service answers inside the pod."""
         env: dict[str, str] = {}
@@ -414,6 +415,8 @@ class RecipeRunner:
             if container.role is ContainerRole.MODEL_SERVICE:
                 env["MODEL_ENDPOINT"] = url
                 env["MODEL_NAME"] = model.ref
+                # llama-cpp-python does not report its context; apps that chunk need it.
+                env["CONTEXT_SIZE"] = str(context_size)
             elif container.role is ContainerRole.EMBEDDING_SERVICE:
                 env["EMBEDDING_ENDPOINT"] = url
                 env["EMBEDDING_MODEL"] = embedding.ref if embedding is not None else ""
@@ -473,13 +476,29 @@ class RecipeRunner:
         """Remove a failed run's pod and containers, and the images this attempt built."""
         with contextlib.suppress(PodlabError):
             await self.remove(run_id)
-        client = self.engine.client()
         for tag in built_tags:
             if tag == PODLAB_SERVER_IMAGE:
                 continue  # shared with services; a failed build leaves no tag anyway
             with contextlib.suppress(PodlabError):
-                if await self.engine.image_exists(tag):
-                    await self.engine.call(client.images.remove, tag, force=True)
+                await self._remove_build_images(tag.rsplit(":", 1)[1])
+
+    async def _remove_build_images(self, inputs: str) -> None:
+        """Remove the tagged image and every layer image of the build of these inputs.
+
+        Buildah puts the build's labels on each intermediate layer too, so the half-built
+        layers of a failed or cancelled build are found by the inputs label. A layer cannot go
+        while a layer built on it remains, so removal repeats until a pass removes nothing.
+        """
+        client = self.engine.client()
+        label = {"label": f"{LABEL_INPUTS}={inputs}"}
+        while images := await self.engine.call(client.images.list, all=True, filters=label):
+            removed = 0
+            for image in images:
+                with contextlib.suppress(PodlabError):
+                    await self.engine.call(client.images.remove, image.id, force=True)
+                    removed += 1
+            if not removed:
+                return
 
     async def _ports_in_use(self) -> set[int]:
         return {port for run in await self.runs() for port in run.ports.values()}
