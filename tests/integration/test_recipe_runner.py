@@ -374,6 +374,7 @@ async def _log_text(runner: RecipeRunner, run_id: str, container: str) -> str:
 async def _app_env(runner: RecipeRunner, run: RecipeRun, container: str) -> dict[str, str]:
     """The environment Podman gave one container of the run (secrets included)."""
     name = f"{run.pod}-{container}"
+    await runner.engine.connect()
     client = runner.engine.client()
     found = await runner.engine.call(client.containers.get, name)
     exec_result = await runner.engine.call(found.exec_run, ["/usr/bin/env"])
