@@ -129,6 +129,8 @@ def embedding_model() -> Path:
     target = CACHE / "test-models" / f"all-minilm-l6-v2-f16-{key}.gguf"
     with _locked(target.with_suffix(".lock")):
         if target.is_file():
+            # Readable by a model service's user (uid 1001) when mounted into a container.
+            target.chmod(0o644)
             return target
         venv = python_venv(CONVERTER_REQUIREMENTS, "gguf-converter")
         with tempfile.TemporaryDirectory(prefix="podlab-minilm-") as tmp:
@@ -156,6 +158,7 @@ def embedding_model() -> Path:
             )  # fmt: skip
             if done.returncode != 0 or not partial.is_file():
                 raise HarnessError(f"convert_hf_to_gguf failed:\n{done.stderr[-3000:]}")
+            partial.chmod(0o644)
             partial.replace(target)
     return target
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,17 +174,54 @@ def test_running_applications_are_found_stopped_and_deleted(
     assert page.runs_table.item(row, 3).text() == "http://127.0.0.1:36999"
     assert page.open_button.isEnabled() and page.stop_button.isEnabled()
 
-    with qtbot.waitSignal(page.sig_runs_listed, timeout=60000):
-        page.stop_button.click()
+    # The page also reads the list on a timer: wait for the state, not for the next reading.
+    page.stop_button.click()
+    qtbot.waitUntil(lambda: run_state(page, labelled_pod) == "stopped", timeout=60000)
     assert page.select_run(labelled_pod)
-    row = [run.id for run in page.runs].index(labelled_pod)
-    assert page.runs_table.item(row, 1).text() == "stopped"
     assert not page.stop_button.isEnabled() and page.delete_button.isEnabled()
 
-    with qtbot.waitSignal(page.sig_runs_listed, timeout=60000):
-        page.delete_button.click()
-    assert labelled_pod not in [run.id for run in page.runs]
+    page.delete_button.click()
+    qtbot.waitUntil(lambda: run_state(page, labelled_pod) is None, timeout=60000)
     assert podman_client.pods.list(filters={"label": f"{LABEL_RUN}={labelled_pod}"}) == []
+
+
+def run_state(page: RecipesPage, run_id: str) -> str | None:
+    """The state the Running applications table shows for a run (None: not listed)."""
+    for row, run in enumerate(page.runs):
+        if run.id == run_id:
+            return page.runs_table.item(row, 1).text()
+    return None
+
+
+def test_running_applications_follow_changes_made_outside_the_page(
+    qtbot: Any, qloop: Any, labelled_pod: str, podman_client: Any
+) -> None:
+    _window, page = open_page(Lab.open(), qtbot)
+    assert run_state(page, labelled_pod) == "running"
+    assert page.select_run(labelled_pod)
+
+    # Stopped from the command line, by another process: the shown page notices by itself.
+    done = subprocess.run(
+        [sys.executable, "-m", "podlab", "recipe", "stop", labelled_pod],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    stopped_at = time.monotonic()
+    qtbot.waitUntil(lambda: run_state(page, labelled_pod) == "stopped", timeout=20_000)
+    assert time.monotonic() - stopped_at < page.RUNS_REFRESH_MS / 1000 + 3
+    selected = page.selected_run()  # the selection stays on the run across readings
+    assert selected is not None and selected.id == labelled_pod
+    assert not page.stop_button.isEnabled() and page.delete_button.isEnabled()
+
+    # Removed outside Podlab: it leaves the list, and the actions go with it.
+    for pod in podman_client.pods.list(filters={"label": f"{LABEL_RUN}={labelled_pod}"}):
+        pod.remove(force=True)
+    qtbot.waitUntil(lambda: run_state(page, labelled_pod) is None, timeout=20_000)
+    assert page.selected_run() is None
+    assert not page.delete_button.isEnabled() and not page.open_button.isEnabled()
 
 
 @pytest.mark.usefixtures("server_image")
@@ -214,9 +253,8 @@ def test_the_chatbot_runs_from_the_page_answers_and_delete_leaves_no_pod(
         assert httpx.get(run.app_url, timeout=30).status_code == 200
         assert page.select_run(run.id)
         assert page.open_button.isEnabled()
-        with qtbot.waitSignal(page.sig_runs_listed, timeout=60000):
-            page.delete_button.click()
-        assert run.id not in [listed.id for listed in page.runs]
+        page.delete_button.click()
+        qtbot.waitUntil(lambda: run_state(page, run.id) is None, timeout=60000)
         assert podman_client.pods.list(filters={"label": f"{LABEL_RUN}={run.id}"}) == []
     finally:
         for run_id in started:

@@ -12,14 +12,16 @@ import concurrent.futures
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from podlab.core.errors import PodlabError
-from podlab.core.recipes.catalog import load_recipe
+from podlab.core.recipes.catalog import RecipeEntry, load_recipe
 from podlab.core.recipes.runner import (
     LABEL_RECIPE,
     LABEL_RUN,
@@ -31,11 +33,21 @@ from podlab.core.recipes.runner import (
 )
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.gpu.host import HostProbe
+from podlab.core.settings import Settings
 from tests import harness, recipe_harness
-from tests.integration.test_recipe_apps import ask_chatbot
+from tests.integration.test_recipe_apps import (
+    FACT,
+    FILLER,
+    ask_chatbot,
+    long_text,
+    send_chat,
+    wait_until,
+)
 
 RECIPES = recipe_harness.RECIPES
 T = TypeVar("T")
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 
 class Runners:
@@ -43,6 +55,8 @@ class Runners:
 
     def __init__(self, url: str, wheelhouse: Path, probe: HostProbe) -> None:
         self.url = url
+        self.settings: Settings | None = None
+        """None: the defaults; a test may set its own (a small context, say)."""
         self.wheelhouse = wheelhouse
         self.probe = probe
         self.port_base = harness.free_port()
@@ -55,6 +69,7 @@ class Runners:
             engine = Engine(url=self.url)
             runner = RecipeRunner(
                 engine,
+                self.settings,
                 gpu_probe=self.probe,
                 wheelhouse=self.wheelhouse,
                 use_host_ca=True,
@@ -165,10 +180,8 @@ def test_chatbot_runs_in_a_pod_answers_in_the_browser_and_starts_again_without_b
     assert not {first.id, second.id} & remaining
 
 
-def test_a_failing_build_shows_its_log_and_leaves_nothing_behind(
-    runners: Runners, smollm2_model: Path, podman_client: Any, tmp_path: Path
-) -> None:
-    recipe_id = f"broken-{secrets.token_hex(3)}"
+def copied_chatbot(tmp_path: Path, recipe_id: str, steps: list[str]) -> RecipeEntry:
+    """The chatbot recipe under another id, with these steps right after its app's FROM."""
     root = tmp_path / "recipes"
     shutil.copytree(RECIPES / "chatbot", root / "chatbot", ignore=_no_caches)
     shutil.copytree(RECIPES / "model_servers", root / "model_servers", ignore=_no_caches)
@@ -177,10 +190,33 @@ def test_a_failing_build_shows_its_log_and_leaves_nothing_behind(
     containerfile = root / "chatbot" / "app" / "Containerfile"
     lines = containerfile.read_text().splitlines()
     base = next(i for i, line in enumerate(lines) if line.startswith("FROM "))
-    lines.insert(base + 1, "RUN echo podlab-build-marker && false")
+    lines[base + 1 : base + 1] = steps
     containerfile.write_text("\n".join(lines) + "\n")
     entry = load_recipe(root / "chatbot")
     assert entry.id == recipe_id
+    return entry
+
+
+def images_with_step(client: Any, marker: str) -> list[str]:
+    """Every image, tagged or a bare layer, whose history has a step that mentions marker."""
+    found = []
+    for image in client.images.list(all=True):
+        steps = " ".join(str(layer.get("CreatedBy", "")) for layer in image.history())
+        if marker in steps:
+            found.append(f"{image.id[:12]} {image.tags}")
+    return found
+
+
+def test_a_failing_build_shows_its_log_and_leaves_nothing_behind(
+    runners: Runners, smollm2_model: Path, podman_client: Any, tmp_path: Path
+) -> None:
+    recipe_id = f"broken-{secrets.token_hex(3)}"
+    layer = f"podlab-layer-{recipe_id}"
+    entry = copied_chatbot(
+        tmp_path,
+        recipe_id,
+        [f"RUN echo {layer} > /podlab-layer", "RUN echo podlab-build-marker && false"],
+    )
 
     with pytest.raises(PodlabError) as failure:
         runners.run(RunRequest(entry, smollm2_model, gpu="none"))
@@ -193,6 +229,158 @@ def test_a_failing_build_shows_its_log_and_leaves_nothing_behind(
     assert pods == [] and containers == []
     tags = [tag for image in podman_client.images.list() for tag in image.tags]
     assert not [tag for tag in tags if f"recipe-{recipe_id}" in tag], tags
+    # Nor the layer committed before the failing step.
+    assert images_with_step(podman_client, layer) == []
+
+
+def test_cancel_during_a_build_leaves_no_pod_container_or_image(
+    runners: Runners, smollm2_model: Path, podman_client: Any, tmp_path: Path
+) -> None:
+    recipe_id = f"slow-{secrets.token_hex(3)}"
+    layer = f"podlab-layer-{recipe_id}"
+    entry = copied_chatbot(
+        tmp_path,
+        recipe_id,
+        [f"RUN echo {layer} > /podlab-layer", "RUN echo podlab-slow-step && sleep 300"],
+    )
+
+    async def cancel_in_the_slow_step(runner: RecipeRunner) -> None:
+        task = asyncio.create_task(runner.run(RunRequest(entry, smollm2_model, gpu="none")))
+        while not any(e.kind == "log" and "podlab-slow-step" in e.text for e in runners.events):
+            assert not task.done(), task  # the run must still be building
+            await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    runners.events = []
+    started = time.monotonic()
+    runners.call(cancel_in_the_slow_step)
+    assert time.monotonic() - started < 240  # the cancel did not wait for the sleep
+    assert [e.text for e in runners.events if e.kind == "state"] == ["building", "failed"]
+    pods, containers = labelled(podman_client, f"{LABEL_RECIPE}={recipe_id}")
+    assert pods == [] and containers == []
+    tags = [tag for image in podman_client.images.list() for tag in image.tags]
+    assert not [tag for tag in tags if f"recipe-{recipe_id}" in tag], tags
+    assert images_with_step(podman_client, layer) == []
+
+
+def test_rag_in_a_pod_answers_from_an_uploaded_document_in_the_browser(
+    runners: Runners, smollm2_model: Path, page: Any, podman_client: Any, tmp_path: Path
+) -> None:
+    entry = load_recipe(RECIPES / "rag")
+    embedding = recipe_harness.embedding_model()
+    run, events = runners.run(
+        RunRequest(entry, smollm2_model, embedding_model=embedding, gpu="none")
+    )
+    assert run.state is RunState.RUNNING
+    ready = {e.container for e in events if e.kind == "ready"}
+    assert ready == {"llamacpp-server", "embedding-server", "chromadb-server", "rag-app"}
+    # A fact found nowhere else, among unrelated sentences.
+    document = tmp_path / "greenhouse-notes.txt"
+    document.write_text(" ".join([*FILLER[:4], FACT, *FILLER[4:8]]) + "\n")
+
+    page.goto(run.app_url)
+    upload = page.locator("input[type=file]")
+    upload.wait_for(state="attached", timeout=60_000)
+    upload.set_input_files(str(document))
+    indexed = page.get_by_text(re.compile(r"greenhouse-notes\.txt: \d+ passages indexed"))
+    indexed.wait_for(timeout=180_000)
+    send_chat(page, "What is the access code of the Zephyr-42 greenhouse?")
+
+    def app_log() -> str:
+        return runners.call(lambda runner: _log_text(runner, run.id, "rag-app"))
+
+    wait_until(
+        lambda: (
+            page.get_by_test_id("stChatMessage").count() >= 2
+            and "Sources" in page.get_by_test_id("stChatMessage").nth(1).inner_text()
+        ),
+        300,
+        "no answer with sources",
+        app_log,
+    )
+    answer = page.get_by_test_id("stChatMessage").nth(1).inner_text()
+    assert "MAGENTA-OTTER-7781" in answer, answer
+    assert re.search(r"greenhouse-notes\.txt.{0,5}, passage \d+", answer), answer
+    runners.call(lambda runner: runner.remove(run.id))
+    pods, containers = labelled(podman_client, f"{LABEL_RUN}={run.id}")
+    assert pods == [] and containers == []
+
+
+SUMMARIZER_CONTEXT = 1024  # small, so a text several times the context stays quick to process
+
+
+def test_summarizer_in_a_pod_summarizes_a_text_several_times_the_context(
+    runners: Runners, smollm2_model: Path, page: Any, tmp_path: Path
+) -> None:
+    runners.settings = Settings(default_context_size=SUMMARIZER_CONTEXT)
+    entry = load_recipe(RECIPES / "summarizer")
+    run, _events = runners.run(RunRequest(entry, smollm2_model, gpu="none"))
+    model_url = f"http://127.0.0.1:{run.ports['llamacpp-server']}"
+    text = long_text(48)
+    key = runners.call(lambda runner: _app_env(runner, run, "summarizer-app"))[
+        "MODEL_ENDPOINT_BEARER"
+    ]
+    tokens = httpx.post(
+        f"{model_url}/extras/tokenize",
+        json={"input": text},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    ).json()["tokens"]
+    assert len(tokens) > 3 * SUMMARIZER_CONTEXT
+    document = tmp_path / "alder-history.txt"
+    document.write_text(text)
+
+    def app_log() -> str:
+        return runners.call(lambda runner: _log_text(runner, run.id, "summarizer-app"))
+
+    page.goto(run.app_url)
+    upload = page.locator("input[type=file]")
+    upload.wait_for(state="attached", timeout=60_000)
+    upload.set_input_files(str(document))
+    page.get_by_text("alder-history.txt").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Summarize").click()
+    planned = page.get_by_text(re.compile(r"\d+ characters in \d+ chunks"))
+    planned.wait_for(timeout=120_000)
+    chunks = int(re.search(r"in (\d+) chunks", planned.inner_text()).group(1))  # type: ignore[union-attr]
+    # The app learnt the server's context from the runner: chunks fit that, not a default.
+    assert chunks >= len(tokens) // SUMMARIZER_CONTEXT
+    processed_counts: set[int] = set()
+    summary_box = page.locator(".st-key-summary")
+    failed = page.get_by_text("No summary")
+
+    def finished() -> bool:
+        time.sleep(0.9)  # a reading a second: Chromium's reads would slow the model on 2 cores
+        body = page.locator("body").inner_text()
+        processed_counts.add(len(re.findall(r"Chunk \d+ of \d+ processed\.", body)))
+        return summary_box.count() > 0 or failed.count() > 0
+
+    wait_until(finished, 900, "no summary", app_log)
+    body = page.locator("body").inner_text()
+    assert failed.count() == 0, body
+    for number in range(1, chunks + 1):
+        assert f"Chunk {number} of {chunks} processed." in body
+    # Progress showed chunk by chunk while it worked, not only at the end.
+    assert any(0 < count < chunks for count in processed_counts), processed_counts
+    summary = summary_box.inner_text()
+    assert summary.strip()
+    assert len(summary) < len(text) / 4
+
+
+async def _log_text(runner: RecipeRunner, run_id: str, container: str) -> str:
+    return "".join([line async for line in runner.logs(run_id, container, tail=60)])
+
+
+async def _app_env(runner: RecipeRunner, run: RecipeRun, container: str) -> dict[str, str]:
+    """The environment Podman gave one container of the run (secrets included)."""
+    name = f"{run.pod}-{container}"
+    await runner.engine.connect()
+    client = runner.engine.client()
+    found = await runner.engine.call(client.containers.get, name)
+    exec_result = await runner.engine.call(found.exec_run, ["/usr/bin/env"])
+    output = exec_result[1].decode()
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
 
 
 def _no_caches(folder: str, names: list[str]) -> list[str]:

@@ -68,7 +68,7 @@ def plan_pod(
     The key is only named (`secret_env`); its value is given when the containers are created.
     """
     containers = entry.spec.containers
-    wiring = pod_wiring(containers, model, embedding)
+    wiring = pod_wiring(containers, model, embedding, settings.default_context_size)
     planned: list[PodContainer] = []
     for container in containers:
         served: ResolvedModel | None = None
@@ -132,6 +132,7 @@ def pod_wiring(
     containers: tuple[RecipeContainer, ...],
     model: ResolvedModel,
     embedding: ResolvedModel | None,
+    context_size: int,
 ) -> dict[str, str]:
     """The app's environment: where each service answers inside the pod."""
     env: dict[str, str] = {}
@@ -142,6 +143,8 @@ def pod_wiring(
         if container.role is ContainerRole.MODEL_SERVICE:
             env["MODEL_ENDPOINT"] = url
             env["MODEL_NAME"] = model.ref
+            # llama-cpp-python does not report its context; apps that chunk need it.
+            env["CONTEXT_SIZE"] = str(context_size)
         elif container.role is ContainerRole.EMBEDDING_SERVICE:
             env["EMBEDDING_ENDPOINT"] = url
             env["EMBEDDING_MODEL"] = embedding.ref if embedding is not None else ""

@@ -67,6 +67,10 @@ HOST_CA_CONTEXT_PATH = "podlab-host-ca/ca-certificates.crt"
 DEFAULT_RECIPE_PORT_BASE = 36000
 MODEL_READY_PATH = "/v1/models"
 LOG_TAIL_LINES = 20
+READY_POLL_INTERVAL = 0.1
+"""Seconds between readiness polls: a local HTTP request, cheap, and a start is seen sooner."""
+STATE_CHECK_INTERVAL = 1.0
+"""Seconds between checks that a container that does not answer yet still runs."""
 
 
 class RunState(StrEnum):
@@ -368,37 +372,49 @@ class RecipeRunner:
         }
 
     async def _wait_ready(self, run: RecipeRun, request: RunRequest) -> None:
-        """Each container answers HTTP on its host port (model services: /v1/models); a
-        container that exits fails the run with its log."""
+        """Every container answers HTTP on its host port (model services: /v1/models), all
+        waited for at once; a container that exits fails the run with its log."""
         deadline = time.monotonic() + self.ready_timeout
-        order = sorted(request.recipe.spec.containers, key=lambda c: c.role is ContainerRole.APP)
         async with httpx.AsyncClient(timeout=5.0) as http:
-            for container in order:
-                if container.name not in run.ports:
-                    continue
-                name = f"{run.pod}-{slug(container.name)}"
-                model = container.role in (
-                    ContainerRole.MODEL_SERVICE,
-                    ContainerRole.EMBEDDING_SERVICE,
+            waits = [
+                asyncio.create_task(self._wait_container(run, container, http, deadline))
+                for container in request.recipe.spec.containers
+                if container.name in run.ports
+            ]
+            try:
+                await asyncio.gather(*waits)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _wait_container(
+        self, run: RecipeRun, container: RecipeContainer, http: httpx.AsyncClient, deadline: float
+    ) -> None:
+        name = f"{run.pod}-{slug(container.name)}"
+        model = container.role in (ContainerRole.MODEL_SERVICE, ContainerRole.EMBEDDING_SERVICE)
+        url = f"http://{LOOPBACK}:{run.ports[container.name]}"
+        url += MODEL_READY_PATH if model else "/"
+        next_state_check = 0.0
+        while not await _answers(http, url, model):
+            now = time.monotonic()
+            if now >= next_state_check:  # an inspection costs more than a local HTTP poll
+                next_state_check = now + STATE_CHECK_INTERVAL
+                state = await self.engine.container_state(name)
+                if state is None or not state.get("Running"):
+                    raise PodlabError(
+                        f"container {container.name} of recipe {run.recipe_id} stopped "
+                        f"(exit code {(state or {}).get('ExitCode')})",
+                        hint=await self._log_tail(name),
+                    )
+            if now > deadline:
+                raise PodlabError(
+                    f"container {container.name} did not answer at {url} within "
+                    f"{self.ready_timeout:.0f} s",
+                    hint=await self._log_tail(name),
                 )
-                url = f"http://{LOOPBACK}:{run.ports[container.name]}"
-                url += MODEL_READY_PATH if model else "/"
-                while not await _answers(http, url, model):
-                    state = await self.engine.container_state(name)
-                    if state is None or not state.get("Running"):
-                        raise PodlabError(
-                            f"container {container.name} of recipe {run.recipe_id} stopped "
-                            f"(exit code {(state or {}).get('ExitCode')})",
-                            hint=await self._log_tail(name),
-                        )
-                    if time.monotonic() > deadline:
-                        raise PodlabError(
-                            f"container {container.name} did not answer at {url} within "
-                            f"{self.ready_timeout:.0f} s",
-                            hint=await self._log_tail(name),
-                        )
-                    await asyncio.sleep(0.5)
-                self._emit("ready", url, container.name)
+            await asyncio.sleep(READY_POLL_INTERVAL)
+        self._emit("ready", url, container.name)
 
     async def _log_tail(self, container: str) -> str:
         with contextlib.suppress(PodlabError, httpx.HTTPError):
@@ -409,13 +425,29 @@ class RecipeRunner:
         """Remove a failed run's pod and containers, and the images this attempt built."""
         with contextlib.suppress(PodlabError):
             await self.remove(run_id)
-        client = self.engine.client()
         for tag in built_tags:
             if tag == PODLAB_SERVER_IMAGE:
                 continue  # shared with services; a failed build leaves no tag anyway
             with contextlib.suppress(PodlabError):
-                if await self.engine.image_exists(tag):
-                    await self.engine.call(client.images.remove, tag, force=True)
+                await self._remove_build_images(tag.rsplit(":", 1)[1])
+
+    async def _remove_build_images(self, inputs: str) -> None:
+        """Remove the tagged image and every layer image of the build of these inputs.
+
+        Buildah puts the build's labels on each intermediate layer too, so the half-built
+        layers of a failed or cancelled build are found by the inputs label. A layer cannot go
+        while a layer built on it remains, so removal repeats until a pass removes nothing.
+        """
+        client = self.engine.client()
+        label = {"label": f"{LABEL_INPUTS}={inputs}"}
+        while images := await self.engine.call(client.images.list, all=True, filters=label):
+            removed = 0
+            for image in images:
+                with contextlib.suppress(PodlabError):
+                    await self.engine.call(client.images.remove, image.id, force=True)
+                    removed += 1
+            if not removed:
+                return
 
     async def _ports_in_use(self) -> set[int]:
         return {port for run in await self.runs() for port in run.ports.values()}

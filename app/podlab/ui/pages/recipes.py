@@ -9,7 +9,9 @@ inert Markdown view as model cards (no raw HTML, no remote images, links only on
 Run starts the chosen recipe with a downloaded model through the RecipeRunner, as a Lab task
 whose log is the build and start log; its failure and log tail also show on the page. The
 "Running applications" list comes from the pods' labels, so runs started earlier (or from the
-command line) are found again after a restart. Without Podman the page says how to get it.
+command line) are found again after a restart; while the page shows, it reads that list again
+every few seconds (one pod listing), so a run stopped from the command line shows as stopped.
+Without Podman the page says how to get it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -116,6 +118,9 @@ class RecipesPage(QWidget):
 
     sig_runs_listed = Signal()
     """Emitted each time the Running applications list has been read from Podman."""
+
+    RUNS_REFRESH_MS = 3_000
+    """How often the shown page reads the runs again: one pod listing, cheap for Podman."""
 
     def __init__(
         self, lab: Lab, host: PageHost | None = None, parent: QWidget | None = None
@@ -263,6 +268,11 @@ class RecipesPage(QWidget):
         self.stop_button.clicked.connect(self._on_stop_clicked)
         self.delete_button.clicked.connect(self._on_delete_clicked)
         self._loading: asyncio.Future[None] = background.start(self._load(), "load the recipes")
+        self._runs_poll: asyncio.Task[None] | None = None
+        self._runs_readings = 0
+        self._runs_timer = QTimer(self)
+        self._runs_timer.setInterval(self.RUNS_REFRESH_MS)
+        self._runs_timer.timeout.connect(self._poll_runs)
 
     def _running_box(self) -> QGroupBox:
         box = QGroupBox("Running applications")
@@ -291,6 +301,20 @@ class RecipesPage(QWidget):
         layout.addWidget(self.runs_table)
         layout.addLayout(buttons)
         return box
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self._runs_timer.start()
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        super().hideEvent(event)
+        self._runs_timer.stop()
+
+    def _poll_runs(self) -> None:
+        """Read the runs again, unless the first load or the previous reading is not done."""
+        if not self._loading.done() or (self._runs_poll and not self._runs_poll.done()):
+            return
+        self._runs_poll = background.start(self.refresh_runs(), "list the recipe runs")
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -605,29 +629,44 @@ class RecipesPage(QWidget):
 
     async def refresh_runs(self) -> None:
         """List the runs from Podman's pod labels (nothing to list without Podman)."""
+        self._runs_readings += 1
+        reading = self._runs_readings
         runs: list[RecipeRun] = []
         if not self.podman_problem:
             try:
                 runs = await self.runner().runs()
             except PodlabError as exc:
                 log.warning("cannot list the recipe runs: %s", exc)
-        if not shiboken6.isValid(self):
-            return
+        if not shiboken6.isValid(self) or reading != self._runs_readings:
+            return  # gone, or a later reading (after a Stop, say) is newer than this one
+        selected = self.selected_run()
         self.runs = sorted(runs, key=lambda run: run.created)
-        self.runs_table.setRowCount(len(self.runs))
-        for row, run in enumerate(self.runs):
-            entry = self.catalog.get(run.recipe_id)
-            cells = (
-                entry.name if entry else run.recipe_id,
-                run.state.value,
-                run.model,
-                run.app_url,
-            )
-            for column, text in enumerate(cells):
-                self.runs_table.setItem(row, column, QTableWidgetItem(text))
+        rows = [self._run_cells(run) for run in self.runs]
+        if rows != self._shown_rows():  # an unchanged list is left alone (no flicker)
+            self.runs_table.setRowCount(len(rows))
+            for row, cells in enumerate(rows):
+                for column, text in enumerate(cells):
+                    self.runs_table.setItem(row, column, QTableWidgetItem(text))
+            self.runs_table.clearSelection()
+            if selected is not None:
+                self.select_run(selected.id)
         self.runs_empty.setVisible(not self.runs)
         self._update_run_actions()
         self.sig_runs_listed.emit()
+
+    def _run_cells(self, run: RecipeRun) -> tuple[str, ...]:
+        entry = self.catalog.get(run.recipe_id)
+        return (entry.name if entry else run.recipe_id, run.state.value, run.model, run.app_url)
+
+    def _shown_rows(self) -> list[tuple[str, ...]]:
+        table = self.runs_table
+        return [
+            tuple(
+                item.text() if (item := table.item(row, column)) else ""
+                for column in range(table.columnCount())
+            )
+            for row in range(table.rowCount())
+        ]
 
     def selected_run(self) -> RecipeRun | None:
         rows = self.runs_table.selectionModel().selectedRows()
