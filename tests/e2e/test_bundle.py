@@ -13,9 +13,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from podlab.ui.app import DEFAULT_SIZE
+from tests import harness
 from tests.e2e import installed
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +77,27 @@ def test_bundle_carries_its_local_engine(bundle: Path, tmp_path: Path) -> None:
     selftest = report["local"]["selftest"]
     assert selftest["status"] == "ok" and selftest["tokens_per_s"] > 0, selftest
     assert str(bundle) in json.dumps(report["local"]), report["local"]
+
+
+def test_bundle_serves_a_model_with_its_guarded_local_engine(bundle: Path, tmp_path: Path) -> None:
+    """`serve` from the bundle runs the guarded llama-cpp-python server inside it, and a chat
+    through it answers."""
+    podlab = str(bundle / "podlab")
+    installed.smollm2_imported(bundle / "podlab", tmp_path)
+    served = installed.run(
+        [podlab, "serve", str(harness.smollm2_path()), "--engine", "local", "--json"], tmp_path
+    )
+    assert served.returncode == 0, served.stderr
+    service = json.loads(served.stdout)
+    try:
+        assert service["state"] == "ready"
+        # The guard is in front: without the service's key the server refuses.
+        assert httpx.get(f"{service['api_url']}/models", timeout=30).status_code == 401
+        chat = installed.run(
+            [podlab, "chat", "--endpoint", service["api_url"], "Say hello."], tmp_path
+        )
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout.strip() != ""
+    finally:
+        removed = installed.run([podlab, "services", "rm", service["id"]], tmp_path)
+    assert removed.returncode == 0, removed.stderr

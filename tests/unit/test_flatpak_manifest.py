@@ -30,10 +30,11 @@ NEEDED_PERMISSIONS = {
 }
 
 
-def shown_manifest() -> dict[str, object]:
+def shown_manifest(cwd: Path) -> dict[str, object]:
+    """flatpak-builder's own reading (it keeps a .flatpak-builder state folder in `cwd`)."""
     result = subprocess.run(
         ["flatpak-builder", "--show-manifest", str(MANIFEST)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, cwd=cwd,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Unknown property" not in result.stderr, result.stderr
@@ -46,8 +47,8 @@ def pins(text: str) -> dict[str, str]:
     return {canonicalize_name(name): version for name, version in found}
 
 
-def test_flatpak_builder_reads_the_manifest_with_its_python_modules() -> None:
-    manifest = shown_manifest()
+def test_flatpak_builder_reads_the_manifest_with_its_python_modules(tmp_path: Path) -> None:
+    manifest = shown_manifest(tmp_path)
     assert manifest["id"] == APP_ID and manifest["command"] == "podlab"
     modules = manifest["modules"]
     assert isinstance(modules, list)
