@@ -85,10 +85,11 @@ print("BENCH " + json.dumps(result))
 """
 
 
-def sample(code: str) -> dict[str, float]:
+def sample(code: str, python: list[str] | None = None) -> dict[str, float]:
+    """One fresh process running `code` under `python` (default: this interpreter)."""
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", BENCH_T0=repr(time.time()))
     proc = subprocess.run(
-        [sys.executable, "-c", code + EPILOGUE],
+        [*(python or [sys.executable]), "-c", code + EPILOGUE],
         env=env,
         capture_output=True,
         text=True,

@@ -22,8 +22,9 @@ app_packages=(python3 python3-venv python3-dev build-essential cmake git ca-cert
   libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0)
 # chromium: the recipe apps' browser tests drive Debian's build through Playwright.
 # desktop-file-utils, appstream, shared-mime-info: the validators of the desktop entry, metainfo and MIME type.
+# flatpak-builder: reads the Flatpak manifest offline (--show-manifest) in the packaging tests.
 test_packages=(mmdebstrap openssl openssh-server xvfb x11-utils passwd util-linux chromium
-  desktop-file-utils appstream shared-mime-info)
+  desktop-file-utils appstream shared-mime-info flatpak-builder)
 
 wanted=("${app_packages[@]}")
 [ "$profile" = test ] && wanted+=("${test_packages[@]}")

@@ -884,7 +884,6 @@ class ComparePage(QWidget):
         from podlab.ui.service_bridge import exec_dialog
 
         dialog = QFileDialog(self, "Load prompts", str(Path.home()))
-        dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
         dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
         dialog.setNameFilter("Prompts (*.txt *.json *.yaml *.yml);;All files (*)")
         if not await exec_dialog(dialog) or not dialog.selectedFiles():
@@ -1021,7 +1020,6 @@ class ComparePage(QWidget):
         suffix = ".json" if kind == "json" else ".md"
         dialog = QFileDialog(self, "Export comparison", str(Path.home() / f"comparison{suffix}"))
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
-        dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
         if not await exec_dialog(dialog) or not dialog.selectedFiles():
             return
         path = Path(dialog.selectedFiles()[0])

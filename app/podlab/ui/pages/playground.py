@@ -640,7 +640,6 @@ class PlaygroundPage(QWidget):
         safe = "".join(c if c.isalnum() or c in "-_ " else "_" for c in conversation.title)
         dialog = QFileDialog(self, "Export conversation", str(Path.home() / (safe + suffix)))
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
-        dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
         dialog.setNameFilter("JSON (*.json)" if kind == "json" else "Markdown (*.md)")
         if not await exec_dialog(dialog) or not dialog.selectedFiles():
             return
