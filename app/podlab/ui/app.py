@@ -62,8 +62,9 @@ def run_gui(argv: list[str]) -> int:
     from podlab.core.lab import Lab
     from podlab.core.logs import close_logging, configure_logging
     from podlab.core.paths import Locations
+    from podlab.ui import background
     from podlab.ui.crash import ErrorReporter
-    from podlab.ui.main_window import MainWindow, window_icon
+    from podlab.ui.main_window import PAGE_KEYS, PAGES, MainWindow, window_icon
     from podlab.ui.single_instance import hand_over, launch_files, server_name
     from podlab.ui.theme import apply_theme
 
@@ -90,11 +91,16 @@ def run_gui(argv: list[str]) -> int:
 
         keeper = WindowStateKeeper(window, lab.locations.state_dir / STATE_FILE_NAME)
         remembered_page = keeper.restore()
+    first_page = args.page or ("models" if files else remembered_page) or "dashboard"
     quit_before_loop: list[bool] = []
     app.aboutToQuit.connect(lambda: quit_before_loop.append(True))
     if not args.screenshot:
-        # Paint the window before asyncio, qasync and the first page are loaded: the user sees
-        # Podlab at once and the page fills in a moment later.
+        # Paint the window before asyncio and qasync are loaded: the user sees Podlab at once.
+        # A page that can paint without the loop (the Dashboard) is in that first paint and
+        # starts loading once the loop is set; any other fills in a moment later.
+        background.hold_until_loop()
+        if PAGES[PAGE_KEYS.index(first_page)].paints_before_loop:
+            window.show_page_unfinished(first_page)
         window.show()
         app.processEvents()
         if quit_before_loop:  # closed or signalled already: nothing to run
@@ -109,7 +115,7 @@ def run_gui(argv: list[str]) -> int:
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     reporter.install_loop(loop)
-    first_page = args.page or ("models" if files else remembered_page) or "dashboard"
+    background.loop_ready()
     window.show_page(first_page)
     # Everything made so far lives as long as the app: keep it out of the collector's full
     # passes, which otherwise stall a streaming render for 20-35 ms now and then.
@@ -117,7 +123,6 @@ def run_gui(argv: list[str]) -> int:
     if args.screenshot:
         return _screenshot(window, Path(args.screenshot), loop)
 
-    from podlab.ui import background
     from podlab.ui.engine_status import watch_engine
     from podlab.ui.notify import TaskNotifier
     from podlab.ui.single_instance import InstanceServer, open_launch_files

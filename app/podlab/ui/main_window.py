@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
+from PySide6.QtCore import QSignalBlocker, QSize, Signal
 from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -57,10 +57,14 @@ class PageEntry:
     """A QStyle.StandardPixmap name, resolved after the first paint (its enum is costly)."""
     module: str
     """Module under podlab.ui.pages with a `create_page(lab, host: PageHost) -> QWidget`."""
+    paints_before_loop: bool = False
+    """Whether the page can be built and painted before the asyncio loop exists (it starts no
+    task while built, and asks `background.when_loop_ready` for its loading): the app then
+    shows it with the window's first paint instead of after asyncio and qasync are loaded."""
 
 
 PAGES: tuple[PageEntry, ...] = (
-    PageEntry("dashboard", "Dashboard", "SP_ComputerIcon", "dashboard"),
+    PageEntry("dashboard", "Dashboard", "SP_ComputerIcon", "dashboard", paints_before_loop=True),
     PageEntry("catalog", "Catalog", "SP_FileDialogContentsView", "catalog"),
     PageEntry("models", "Models", "SP_DriveHDIcon", "models"),
     PageEntry("services", "Services", "SP_MediaPlay", "services"),
@@ -183,6 +187,8 @@ class MainWindow(QMainWindow):
 
     def show_shortcuts(self) -> QDialog:
         """Open the keyboard shortcut list (F1 or Ctrl+/) and return it."""
+        from PySide6.QtCore import Qt  # its enums are built on first use: not at start-up
+
         from podlab.ui.dialogs.shortcuts import ShortcutsDialog
 
         dialog = ShortcutsDialog(self)
@@ -192,6 +198,10 @@ class MainWindow(QMainWindow):
 
     def show_page(self, key: str) -> QWidget:
         self.finish_start()
+        return self.show_page_unfinished(key)
+
+    def show_page_unfinished(self, key: str) -> QWidget:
+        """Switch to `key` without `finish_start` (the app's first paint comes before it)."""
         row = PAGE_KEYS.index(key)
         if self.nav.currentRow() == row:
             self._on_row_changed(row)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
 from podlab.core.paths import Locations
@@ -115,6 +115,8 @@ class InstanceServer(QObject):
 
 def bring_forward(window: MainWindow) -> None:
     """Show the window over the others, restored if it was minimized."""
+    from PySide6.QtCore import Qt  # its enums are built on first use: not at start-up
+
     window.setWindowState(window.windowState() & ~Qt.WindowState.WindowMinimized)
     window.show()
     window.raise_()
