@@ -53,6 +53,16 @@ def parse_gui_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run_gui(argv: list[str]) -> int:
+    # No collections until the first paint: what start-up makes lives as long as the app
+    # (frozen below), and collecting it now only delays the window.
+    gc.disable()
+    try:
+        return _run_gui(argv)
+    finally:
+        gc.enable()
+
+
+def _run_gui(argv: list[str]) -> int:
     args = parse_gui_args(argv)
     if args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -60,7 +70,7 @@ def run_gui(argv: list[str]) -> int:
     from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
-    from podlab.core.logs import close_logging, configure_logging
+    from podlab.core.logs import close_logging, configure_logging, hold_logging
     from podlab.core.paths import Locations
     from podlab.ui import background
     from podlab.ui.crash import ErrorReporter
@@ -79,8 +89,8 @@ def run_gui(argv: list[str]) -> int:
         print("podlab: handed over to the Podlab window already open")
         return 0
     lab = Lab.open()
-    log_path = configure_logging(args.log_level, lab.locations)
-    reporter = ErrorReporter(log_path, app)
+    hold_logging(args.log_level)  # the file is opened after the first paint
+    reporter = ErrorReporter(lab.locations.log_file, app)
     reporter.install()
     apply_theme(app, lab.settings.theme)
     window = MainWindow(lab)
@@ -107,6 +117,7 @@ def run_gui(argv: list[str]) -> int:
             return 0
     # The icon's SVG loads the image plugin; the window manager takes it after the first paint.
     app.setWindowIcon(window_icon())
+    configure_logging(args.log_level, lab.locations)
 
     import asyncio
 
@@ -120,6 +131,7 @@ def run_gui(argv: list[str]) -> int:
     # Everything made so far lives as long as the app: keep it out of the collector's full
     # passes, which otherwise stall a streaming render for 20-35 ms now and then.
     gc.freeze()
+    gc.enable()
     if args.screenshot:
         return _screenshot(window, Path(args.screenshot), loop)
 

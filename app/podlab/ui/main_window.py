@@ -14,21 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSignalBlocker, QSize, Signal
-from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QDialog,
-    QDialogButtonBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
-    QMenu,
     QStackedWidget,
-    QStyle,
-    QSystemTrayIcon,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -37,7 +29,12 @@ from podlab.core.lab import Lab
 from podlab.core.settings import save_settings
 from podlab.ui.page_host import PageHost
 
+# Classes with many enums (QStyle, QKeySequence, QDialogButtonBox, QSystemTrayIcon...) build
+# them when first imported: they are imported where used, after the window's first paint.
 if TYPE_CHECKING:
+    from PySide6.QtGui import QCloseEvent, QIcon
+    from PySide6.QtWidgets import QDialog, QSystemTrayIcon
+
     from podlab.core.serving.inference import InferenceService
     from podlab.ui.pages.playground import PlaygroundPage
     from podlab.ui.pages.services import ServicesPage
@@ -170,6 +167,9 @@ class MainWindow(QMainWindow):
         if self._finished:
             return
         self._finished = True
+        from PySide6.QtGui import QKeySequence, QShortcut
+        from PySide6.QtWidgets import QStyle
+
         for index, page in enumerate(PAGES):
             pixmap = getattr(QStyle.StandardPixmap, page.icon)
             self.nav.item(index).setIcon(self.style().standardIcon(pixmap))
@@ -261,6 +261,8 @@ class MainWindow(QMainWindow):
         return [s for s in service_bridge_for(self.lab).services() if s.state.running]
 
     def _watch_services(self) -> None:
+        from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
         from podlab.ui.service_bridge import service_bridge_for
 
         bridge = service_bridge_for(self.lab)
@@ -338,6 +340,8 @@ class MainWindow(QMainWindow):
 
     async def _ask_about_services(self, running: list[InferenceService]) -> str:
         """ "stop", "keep", or "" when the user cancelled the close."""
+        from PySide6.QtWidgets import QCheckBox, QDialogButtonBox, QVBoxLayout
+
         from podlab.ui.service_bridge import MessageDialog, exec_dialog
 
         names = ", ".join(service.name for service in running)
@@ -384,6 +388,8 @@ class MainWindow(QMainWindow):
 
 
 def window_icon() -> QIcon:
+    from PySide6.QtGui import QIcon
+
     from podlab.core.resources import resource
 
     return QIcon(str(resource("icons/podlab.svg")))
