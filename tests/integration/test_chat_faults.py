@@ -210,7 +210,19 @@ TRICKY = (
 )
 
 
-@pytest.mark.parametrize("options", ["", "batch=3", "batch=64", "split=7", "split=1", "gzip=1"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        "",
+        "batch=3",
+        "batch=64",
+        "split=7",
+        "split=1",
+        "batch=8&split=300",
+        "batch=64&split=1000",
+        "gzip=1",
+    ],
+)
 async def test_token_events_read_without_json_are_the_parsers_tokens(
     client: ChatClient, options: str
 ) -> None:

@@ -957,7 +957,7 @@ class ChatClient:
             state.last_at = now
             state.chunks += len(pieces)
             state.parts += pieces
-            events = list(map(Token, pieces))
+            events += map(Token, pieces)
             text = text[end:]
         if text:
             cls._parse(parser.feed_text_raw(text), template, state, now, events)
