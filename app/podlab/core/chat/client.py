@@ -447,15 +447,15 @@ class _TokenTemplate:
 
     __slots__ = (
         "_event",
-        "_head",
         "_key",
-        "_learned",
         "_prefix",
         "_run",
         "_sep",
         "_suffix",
-        "_tail",
+        "head",
+        "learned",
         "ready",
+        "tail",
     )
 
     MAX_LEARNED = 3
@@ -466,31 +466,23 @@ class _TokenTemplate:
         self._key = "content" if kind == "chat" else "text"
         self._prefix = ""
         self._suffix = ""
-        self._head = self._tail = self._sep = ""
+        self.head = self.tail = self._sep = ""
+        """The text of a template event before and after its token (its SSE line and end)."""
         self._event: re.Pattern[str] | None = None
         self._run: re.Pattern[str] | None = None
-        self._learned = 0
+        self.learned = 0
+        """Templates learned since the last match."""
         self.ready = False
         """Whether a template was learned (`take` may be called)."""
-
-    def single(self, text: str) -> str | None:
-        """The token when `text` is exactly one template event (what most reads are)."""
-        head, tail = self._head, self._tail
-        if text.startswith(head) and text.endswith(tail):
-            token = text[len(head) : -len(tail)]
-            if _plain(token):  # several events would have quotes
-                self._learned = 0
-                return token
-        return None
 
     def take(self, text: str) -> tuple[list[str], int]:
         """The token texts of the template events `text` starts with, and where they end."""
         assert self._run is not None and self._event is not None
-        head, tail = self._head, self._tail
+        head, tail = self.head, self.tail
         if text.startswith(head) and text.endswith(tail):
             token = text[len(head) : -len(tail)]
             if _plain(token):  # one event (several would have quotes)
-                self._learned = 0
+                self.learned = 0
                 return [token], len(text)
             # Usually the whole read is template events. Cut each event's token out of its
             # line, then check that `head`, the tokens joined by `sep` and `tail` give the
@@ -502,12 +494,12 @@ class _TokenTemplate:
                 and _plain("".join(pieces))
                 and head + self._sep.join(pieces) + tail == text
             ):
-                self._learned = 0
+                self.learned = 0
                 return pieces, len(text)
         run = self._run.match(text)
         if run is None:
             return [], 0
-        self._learned = 0
+        self.learned = 0
         end = run.end()
         return self._event.findall(text, 0, end), end
 
@@ -515,7 +507,7 @@ class _TokenTemplate:
         """Keep `data`, an event that `_handle` turned into exactly `Token(token)`, as the
         template, if it is one: nothing but the token would change the events like it."""
         if (
-            self._learned >= self.MAX_LEARNED
+            self.learned >= self.MAX_LEARNED
             or event_name != "message"
             or (
                 self._run is not None
@@ -550,13 +542,13 @@ class _TokenTemplate:
             return
         if payload["choices"][0].get("finish_reason"):
             return
-        self._head, self._tail = "data: " + prefix, suffix + "\n\n"
-        self._sep = self._tail + self._head
-        line = re.escape(self._head), re.escape(self._tail)
+        self.head, self.tail = "data: " + prefix, suffix + "\n\n"
+        self._sep = self.tail + self.head
+        line = re.escape(self.head), re.escape(self.tail)
         self._event = re.compile(f"{line[0]}({_PLAIN_TEXT}){line[1]}")
         self._run = re.compile(f"(?:{line[0]}{_PLAIN_TEXT}{line[1]})+")
         self._prefix, self._suffix = prefix, suffix
-        self._learned += 1
+        self.learned += 1
         self.ready = True
 
 
@@ -825,19 +817,29 @@ class ChatClient:
                         # One clock reading per network read: its events arrived together.
                         now = perf_counter()
                         if template.ready and parser.idle():
-                            # Inline, the commonest read: one token event like the last.
+                            # The commonest read, inline (calls cost here): exactly one token
+                            # event like the template, its token plain (see `_plain`).
                             try:
-                                token = template.single(chunk.decode())
+                                text = chunk.decode()
                             except UnicodeDecodeError:
-                                token = None
-                            if token is not None:
-                                if state.first_at is None:
-                                    state.first_at = now
-                                state.last_at = now
-                                state.chunks += 1
-                                state.parts.append(token)
-                                yield Token(token)
-                                continue
+                                text = ""
+                            head, tail = template.head, template.tail
+                            if text.startswith(head) and text.endswith(tail):
+                                token = text[len(head) : -len(tail)]
+                                if (
+                                    token
+                                    and '"' not in token
+                                    and "\\" not in token
+                                    and token.isprintable()
+                                ):
+                                    template.learned = 0
+                                    if state.first_at is None:
+                                        state.first_at = now
+                                    state.last_at = now
+                                    state.chunks += 1
+                                    state.parts.append(token)
+                                    yield Token(token)
+                                    continue
                         for event in chunk_events(chunk, parser, template, state, now):
                             yield event
                         if state.saw_done:
