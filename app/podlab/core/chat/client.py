@@ -816,16 +816,22 @@ class ChatClient:
                     async for chunk in chunks:
                         # One clock reading per network read: its events arrived together.
                         now = perf_counter()
+                        decoded: str | None = None
                         if template.ready and parser.idle():
                             # The commonest read, inline (calls cost here): exactly one token
                             # event like the template, its token plain (see `_plain`).
                             try:
-                                text = chunk.decode()
+                                decoded = chunk.decode()
                             except UnicodeDecodeError:
-                                text = ""
+                                decoded = None
                             head, tail = template.head, template.tail
-                            if text.startswith(head) and text.endswith(tail):
-                                token = text[len(head) : -len(tail)]
+                            if (
+                                decoded is not None
+                                and len(decoded) < 2 * (len(head) + len(tail))  # one event at most
+                                and decoded.startswith(head)
+                                and decoded.endswith(tail)
+                            ):
+                                token = decoded[len(head) : -len(tail)]
                                 if (
                                     token
                                     and '"' not in token
@@ -840,7 +846,7 @@ class ChatClient:
                                     state.parts.append(token)
                                     yield Token(token)
                                     continue
-                        for event in chunk_events(chunk, parser, template, state, now):
+                        for event in chunk_events(chunk, decoded, parser, template, state, now):
                             yield event
                         if state.saw_done:
                             break
@@ -924,18 +930,20 @@ class ChatClient:
     def _chunk_events(
         cls,
         chunk: bytes,
+        text: str | None,
         parser: SSEParser,
         template: _TokenTemplate,
         state: _Stream,
         now: float,
     ) -> list[ChatEvent]:
         """The events of one network read, in order: token events that match the template
-        straight from the text (see `_TokenTemplate`), the rest through the parser."""
+        straight from the text (see `_TokenTemplate`), the rest through the parser. `text` is
+        the read decoded, when the parser was idle before it and it decoded."""
         events: list[ChatEvent] = []
         if not template.ready:
             cls._parse(parser.feed_raw(chunk), template, state, now, events)
             return events
-        idle = parser.idle()
+        idle = text is not None or parser.idle()
         if not idle:
             # The previous read tore an event: finish it, so that the rest can match.
             cut = chunk.find(b"\n\n") + 2
@@ -945,10 +953,11 @@ class ChatClient:
                 idle = parser.idle()
             if not chunk or state.saw_done:
                 return events
-        try:
-            text = chunk.decode() if idle else None
-        except UnicodeDecodeError:  # a torn character: the parser's incremental decoder
-            text = None
+        if text is None and idle:
+            try:
+                text = chunk.decode()
+            except UnicodeDecodeError:  # a torn character: the parser's incremental decoder
+                text = None
         if text is None:
             cls._parse(parser.feed_raw(chunk), template, state, now, events)
             return events
