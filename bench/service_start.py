@@ -8,9 +8,9 @@ Q4_1), the same container and the same request, in one run, alternating which go
   the first content token.
 * Baseline: what a user would script with the same warm clients, so that only Podlab's own
   work is compared (no process start-up of `podman` or `curl` on the baseline's side): the
-  container Podlab would create (`ContainerSpec.to_podman_kwargs()`, computed before the clock
-  starts) created and started with an already connected podman-py client, `GET /v1/models`
-  polled every 50 ms, then the same request streamed.
+  container Podlab would create (`ContainerSpec.to_podman_kwargs()` with the same API key,
+  computed before the clock starts) created and started with an already connected podman-py
+  client, `GET /v1/models` polled every 50 ms, then the same request streamed.
 
 Both sides stream through one httpx client that is already warm. Prints each round, the
 medians and the ratio Podlab / baseline (target <= 1.1); exits 1 when the median misses it and
@@ -55,9 +55,20 @@ PROMPT = {
 }
 
 
-async def first_token(http: httpx.AsyncClient, api_url: str, model: str) -> str:
+def key_headers(api_key: str | None) -> dict[str, str]:
+    """Services require their own bearer key by default (setting require_api_key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+async def first_token(
+    http: httpx.AsyncClient, api_url: str, model: str, api_key: str | None
+) -> str:
     body = {**PROMPT, "model": model}
-    async with http.stream("POST", f"{api_url}/chat/completions", json=body) as response:
+    headers = key_headers(api_key)
+    async with http.stream(
+        "POST", f"{api_url}/chat/completions", json=body, headers=headers
+    ) as response:
+        response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -75,7 +86,7 @@ async def podlab_round(manager: Any, http: httpx.AsyncClient, model: Path, image
     service = await manager.serve(
         ServeRequest(model, engine="podman", options=ServiceOptions(image=image))
     )
-    await first_token(http, service.api_url, service.model_ref)
+    await first_token(http, service.api_url, service.model_ref, service.api_key)
     elapsed = time.perf_counter() - start
     await manager.delete(service)
     return elapsed
@@ -97,20 +108,26 @@ async def baseline_round(
     spec = prepared.spec
     spec.name = f"podlab-bench-baseline-{port}"
     spec.labels = {"podlab.bench": "baseline"}  # not a Podlab service: Podlab never lists it
-    kwargs = spec.to_podman_kwargs()
+    from podlab.core.serving.container_spec import API_KEY_SECRET
+
+    # The same key as Podlab's container gets (services require one by default).
+    secrets = {API_KEY_SECRET: prepared.api_key} if prepared.api_key else {}
+    kwargs = spec.to_podman_kwargs(secrets=secrets)
     api_url = f"http://127.0.0.1:{port}/v1"
+    headers = key_headers(prepared.api_key)
     start = time.perf_counter()
     container = await asyncio.to_thread(podman.containers.create, **kwargs)
     try:
         await asyncio.to_thread(container.start)
         while True:
             try:
-                if (await http.get(f"{api_url}/models")).status_code == 200:
+                models = await http.get(f"{api_url}/models", headers=headers)
+                if models.status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             await asyncio.sleep(POLL_INTERVAL)
-        await first_token(http, api_url, prepared.model.ref)
+        await first_token(http, api_url, prepared.model.ref, prepared.api_key)
         return time.perf_counter() - start
     finally:
         await asyncio.to_thread(container.remove, force=True)

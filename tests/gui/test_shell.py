@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,60 @@ def test_screenshot_command_writes_a_png_of_the_page(tmp_path: Path, page: str) 
     image = QImage(str(shot))
     assert (image.width(), image.height()) == (1024, 700)
     assert "Traceback" not in result.stderr
+
+
+# The real start path (`podlab` with no arguments) in a child process: an application-wide event
+# filter notes which modules are loaded when the Dashboard first paints, and quits once the
+# Dashboard has filled its cards (so the loading held back until the loop existed did run).
+FIRST_PAINT_CHILD = """
+import json, sys
+from PySide6.QtCore import QEvent, QObject, QTimer
+from PySide6.QtWidgets import QApplication, QMainWindow, QWidget
+app = QApplication(sys.argv[:1])
+seen = {}
+def page_on_screen():
+    shown = [w for w in app.topLevelWidgets() if isinstance(w, QMainWindow) and w.isVisible()]
+    return shown[0].stack.currentWidget() if shown else None
+def refreshed():
+    seen["refreshed"] = True
+    QTimer.singleShot(0, app.quit)
+class PaintWatch(QObject):
+    def eventFilter(self, watched, event):
+        page = page_on_screen()
+        if (
+            "painted" not in seen
+            and event.type() == QEvent.Type.Paint
+            and page is not None
+            and type(page).__name__ == "DashboardPage"
+            and isinstance(watched, QWidget)
+            and (watched is page or page.isAncestorOf(watched))
+        ):
+            seen["painted"] = sorted(m for m in ("asyncio", "qasync", "httpx") if m in sys.modules)
+            page.sig_refreshed.connect(refreshed)
+        return False
+watch = PaintWatch()
+app.installEventFilter(watch)
+QTimer.singleShot(90_000, app.quit)
+from podlab.launcher import main
+main([])
+print("SEEN " + json.dumps(seen))
+"""
+
+
+def test_the_dashboard_paints_before_asyncio_and_then_loads(tmp_path: Path) -> None:
+    """Start-up paints the Dashboard with the window, before asyncio, qasync and httpx are
+    imported, and fills its cards once the loop runs."""
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_PAINT_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("SEEN "))
+    seen = json.loads(line[5:])
+    assert seen.get("painted") == [], seen
+    assert seen.get("refreshed") is True, result.stderr
 
 
 def test_screenshot_rejects_an_unknown_page(tmp_path: Path) -> None:

@@ -200,6 +200,41 @@ async def test_fast_synthetic_stream(client: ChatClient, model: str) -> None:
         assert done.ok and done.metrics.tokens == 20000 and len(done.text) == 4 * 20000
 
 
+# Tokens that JSON escapes ("\\", quotes, control characters), that str.isprintable refuses
+# (no-break space, zero-width space), that look like the event's own syntax, and multi-byte
+# characters that a small split tears: the template path (`_TokenTemplate`) must hand over to
+# the parser for each and give exactly the tokens the parser alone gives.
+TRICKY = (
+    'plain text, then "quoted", back\\slash, tab\there, nbsp\u00a0 zwsp\u200b,'
+    ' "}]}\n\ndata: {, é中😀 done'
+)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "",
+        "batch=3",
+        "batch=64",
+        "split=7",
+        "split=1",
+        "batch=8&split=300",
+        "batch=64&split=1000",
+        "gzip=1",
+    ],
+)
+async def test_token_events_read_without_json_are_the_parsers_tokens(
+    client: ChatClient, options: str
+) -> None:
+    message = [{"role": "user", "content": TRICKY}]
+    events = [e async for e in client.stream_chat(message, f"echo?{options}")]
+    done = done_of(events)
+    expected = f"echo: {TRICKY} | messages=1"
+    tokens = [e.text for e in events if isinstance(e, Token)]
+    assert tokens == [expected[i : i + 4] for i in range(0, len(expected), 4)]
+    assert done.ok and done.text == expected and done.metrics.tokens == len(tokens)
+
+
 async def test_fixed_rate_stream_measures_the_rate(client: ChatClient) -> None:
     done = done_of(await chat(client, "synthetic?tokens=21&tps=100&usage=0"))
     assert done.metrics.tokens == 21

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from podlab.core.logs import REDACTED, close_logging, configure_logging, log_file, redact
+from podlab.core.logs import (
+    REDACTED,
+    close_logging,
+    configure_logging,
+    hold_logging,
+    log_file,
+    redact,
+)
 from podlab.core.paths import Locations
 
 pytestmark = pytest.mark.unit
@@ -41,6 +48,27 @@ def test_records_at_the_level_asked_for(logged: Path) -> None:
     log.debug("now the detail")
     close_logging()
     assert "now the detail" in logged.read_text()
+
+
+def test_records_held_before_the_file_opens_are_written_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GUI paints before it opens the log file: what was logged meanwhile is not lost, and
+    is redacted and filtered by level like the rest."""
+    monkeypatch.setenv("HF_TOKEN", "heldvaluefromenv42")
+    hold_logging("info")
+    log.info("before the first paint, token %s", "heldvaluefromenv42")
+    log.debug("a held debug detail")
+    assert log_file() is None
+    path = configure_logging("info")
+    log.info("after the first paint")
+    close_logging()
+    lines = path.read_text().splitlines()
+    held = [n for n, line in enumerate(lines) if "before the first paint" in line]
+    after = [n for n, line in enumerate(lines) if "after the first paint" in line]
+    assert held and after and held[-1] < after[-1]
+    assert "heldvaluefromenv42" not in lines[held[-1]] and REDACTED in lines[held[-1]]
+    assert not any("a held debug detail" in line for line in lines)
 
 
 def test_secrets_never_reach_the_file(logged: Path) -> None:

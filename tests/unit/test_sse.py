@@ -191,3 +191,27 @@ def test_many_events_per_chunk_stay_fast() -> None:
     for i in range(0, len(raw), 65536):
         events.extend(parser.feed(raw[i : i + 65536]))
     assert len(events) == 20_000
+
+
+def test_idle_only_between_whole_events() -> None:
+    """The chat client reads token events without the parser only while nothing is pending:
+    no torn line, event, CR or character."""
+    parser = SSEParser()
+    assert not parser.idle()  # a byte-order mark may still come
+    parser.feed_raw(b'data: {"a": 1}\n\n')
+    assert parser.idle()
+    for torn in (
+        b'data: {"a"',
+        b"data: x\n",
+        b"event: note\n",
+        b"data: x\n\r",
+        "data: é".encode()[:-1],
+    ):
+        parser = SSEParser()
+        parser.feed_raw(b"data: 1\n\n")
+        parser.feed_raw(torn)
+        assert not parser.idle(), torn
+    parser = SSEParser()
+    parser.feed_raw(b"data: 1\n\n")
+    assert parser.feed_text_raw("data: 2\n\n") == [("2", "message", None, None)]
+    assert parser.idle()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import re
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ __all__ = [
     "add_log_level_option",
     "close_logging",
     "configure_logging",
+    "hold_logging",
     "log_file",
     "redact",
 ]
@@ -113,15 +113,42 @@ def _private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Rotated files are opened fresh; keep them private like the first."""
+def _rotating_file_handler(path: Path) -> logging.Handler:
+    # Imported here: logging.handlers brings sockets, pickle and queues, which the window's
+    # first paint does without (the GUI holds its records until then, see `hold_logging`).
+    import logging.handlers
 
-    def _open(self) -> TextIOWrapper:
-        _private_file(Path(self.baseFilename))
-        return super()._open()
+    class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+        """Rotated files are opened fresh; keep them private like the first."""
+
+        def _open(self) -> TextIOWrapper:
+            _private_file(Path(self.baseFilename))
+            return super()._open()
+
+    return PrivateRotatingFileHandler(
+        path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+    )
+
+
+class _HeldRecords(logging.Handler):
+    """The records logged before the log file is opened; `configure_logging` writes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 _handler: logging.Handler | None = None
+
+
+def hold_logging(level: str = DEFAULT_LEVEL) -> None:
+    """Log at `level` into memory until `configure_logging` opens the file: the GUI paints its
+    window first, and nothing logged meanwhile is lost."""
+    _check_level(level)
+    _install(_HeldRecords(), level)
 
 
 def configure_logging(level: str = DEFAULT_LEVEL, locations: Locations | None = None) -> Path:
@@ -130,16 +157,27 @@ def configure_logging(level: str = DEFAULT_LEVEL, locations: Locations | None = 
     Called once at start by the GUI and the CLI; a second call replaces the first's handler,
     so tests and a re-launch in the same process never log twice. Returns the file's path.
     """
-    global _handler
-    if level not in LOG_LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    _check_level(level)
     path = (locations or Locations.default()).log_file
     _private_file(path)
-    handler = _PrivateRotatingFileHandler(
-        path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
-    )
+    handler = _rotating_file_handler(path)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(SecretRedactor(os.environ.get(name, "") for name in SECRET_VARIABLES))
+    held = _handler.records if isinstance(_handler, _HeldRecords) else []
+    _install(handler, level)
+    for record in held:
+        handler.handle(record)
+    return path
+
+
+def _check_level(level: str) -> None:
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+
+
+def _install(handler: logging.Handler, level: str) -> None:
+    """Make `handler` the root logger's only Podlab handler, at `level`."""
+    global _handler
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
@@ -152,7 +190,6 @@ def configure_logging(level: str = DEFAULT_LEVEL, locations: Locations | None = 
     root.setLevel(numeric if level == "debug" else logging.WARNING)
     logging.getLogger("podlab").setLevel(numeric)
     logging.captureWarnings(True)
-    return path
 
 
 def close_logging() -> None:

@@ -53,6 +53,16 @@ def parse_gui_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run_gui(argv: list[str]) -> int:
+    # No collections until the first paint: what start-up makes lives as long as the app
+    # (frozen below), and collecting it now only delays the window.
+    gc.disable()
+    try:
+        return _run_gui(argv)
+    finally:
+        gc.enable()
+
+
+def _run_gui(argv: list[str]) -> int:
     args = parse_gui_args(argv)
     if args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -60,10 +70,11 @@ def run_gui(argv: list[str]) -> int:
     from PySide6.QtWidgets import QApplication
 
     from podlab.core.lab import Lab
-    from podlab.core.logs import close_logging, configure_logging
+    from podlab.core.logs import close_logging, configure_logging, hold_logging
     from podlab.core.paths import Locations
+    from podlab.ui import background
     from podlab.ui.crash import ErrorReporter
-    from podlab.ui.main_window import MainWindow, window_icon
+    from podlab.ui.main_window import PAGE_KEYS, PAGES, MainWindow, window_icon
     from podlab.ui.single_instance import hand_over, launch_files, server_name
     from podlab.ui.theme import apply_theme
 
@@ -78,8 +89,8 @@ def run_gui(argv: list[str]) -> int:
         print("podlab: handed over to the Podlab window already open")
         return 0
     lab = Lab.open()
-    log_path = configure_logging(args.log_level, lab.locations)
-    reporter = ErrorReporter(log_path, app)
+    hold_logging(args.log_level)  # the file is opened after the first paint
+    reporter = ErrorReporter(lab.locations.log_file, app)
     reporter.install()
     apply_theme(app, lab.settings.theme)
     window = MainWindow(lab)
@@ -90,17 +101,23 @@ def run_gui(argv: list[str]) -> int:
 
         keeper = WindowStateKeeper(window, lab.locations.state_dir / STATE_FILE_NAME)
         remembered_page = keeper.restore()
+    first_page = args.page or ("models" if files else remembered_page) or "dashboard"
     quit_before_loop: list[bool] = []
     app.aboutToQuit.connect(lambda: quit_before_loop.append(True))
     if not args.screenshot:
-        # Paint the window before asyncio, qasync and the first page are loaded: the user sees
-        # Podlab at once and the page fills in a moment later.
+        # Paint the window before asyncio and qasync are loaded: the user sees Podlab at once.
+        # A page that can paint without the loop (the Dashboard) is in that first paint and
+        # starts loading once the loop is set; any other fills in a moment later.
+        background.hold_until_loop()
+        if PAGES[PAGE_KEYS.index(first_page)].paints_before_loop:
+            window.show_page_unfinished(first_page)
         window.show()
         app.processEvents()
         if quit_before_loop:  # closed or signalled already: nothing to run
             return 0
     # The icon's SVG loads the image plugin; the window manager takes it after the first paint.
     app.setWindowIcon(window_icon())
+    configure_logging(args.log_level, lab.locations)
 
     import asyncio
 
@@ -109,15 +126,15 @@ def run_gui(argv: list[str]) -> int:
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     reporter.install_loop(loop)
-    first_page = args.page or ("models" if files else remembered_page) or "dashboard"
+    background.loop_ready()
     window.show_page(first_page)
     # Everything made so far lives as long as the app: keep it out of the collector's full
     # passes, which otherwise stall a streaming render for 20-35 ms now and then.
     gc.freeze()
+    gc.enable()
     if args.screenshot:
         return _screenshot(window, Path(args.screenshot), loop)
 
-    from podlab.ui import background
     from podlab.ui.engine_status import watch_engine
     from podlab.ui.notify import TaskNotifier
     from podlab.ui.single_instance import InstanceServer, open_launch_files

@@ -4,19 +4,50 @@ asyncio holds only weak references to tasks, so a task nobody keeps may vanish m
 its error would surface (if ever) as "exception was never retrieved" at garbage collection.
 `start` keeps each task until it ends, reports its failure through the error reporter at once,
 and `cancel_all` stops what is left when the window closes.
+
+asyncio is imported on first use, not here: the app paints its first page before it loads
+asyncio and qasync, and a page shown then asks `when_loop_ready` to start its loading.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from podlab.ui.crash import report_error
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
 _running: set[asyncio.Task[Any]] = set()
+_waiting_for_loop: list[Callable[[], None]] | None = None
+"""Work held back while the app paints before its loop exists (None: the loop is there)."""
+
+
+def hold_until_loop() -> None:
+    """Called by the app before it paints its first page, which happens before the asyncio
+    loop exists: `when_loop_ready` keeps callbacks until `loop_ready`."""
+    global _waiting_for_loop
+    if _waiting_for_loop is None:
+        _waiting_for_loop = []
+
+
+def loop_ready() -> None:
+    """The app's asyncio loop is set: run what `when_loop_ready` held back, in order."""
+    global _waiting_for_loop
+    waiting, _waiting_for_loop = _waiting_for_loop or [], None
+    for callback in waiting:
+        callback()
+
+
+def when_loop_ready(callback: Callable[[], None]) -> None:
+    """Run `callback` now, or once the app's loop is set if it paints before that."""
+    if _waiting_for_loop is None:
+        callback()
+    else:
+        _waiting_for_loop.append(callback)
 
 
 def start(coro: Coroutine[Any, Any, T], name: str, *, awaited: bool = False) -> asyncio.Task[T]:
@@ -25,6 +56,8 @@ def start(coro: Coroutine[Any, Any, T], name: str, *, awaited: bool = False) -> 
     `awaited=True` says that callers await the task and handle its failure themselves (a
     shared probe, say): it is kept and cancelled like the others but not reported here.
     """
+    import asyncio
+
     task = asyncio.get_event_loop_policy().get_event_loop().create_task(coro, name=name)
     _running.add(task)
     task.add_done_callback(_finished_awaited if awaited else _finished)

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QApplication,
     QDialog,
@@ -45,6 +45,8 @@ class ErrorDialog(QDialog):
     """The error, where the log is, and a button that copies both for a bug report."""
 
     def __init__(self, log_path: Path | None, parent: QWidget | None = None) -> None:
+        from PySide6.QtCore import Qt
+
         super().__init__(parent)
         self.setObjectName("error-dialog")
         self.setWindowTitle("Podlab: unexpected error")
@@ -99,7 +101,7 @@ class ErrorDialog(QDialog):
 
 class ErrorReporter(QObject):
     """Installs the hooks and owns the dialog; reports from any thread reach the GUI thread
-    through a queued signal."""
+    through the signal (queued across threads), and the dialog shows on the next loop pass."""
 
     sig_error = Signal(str, str)
     """Emitted with a one-line summary and the (redacted) traceback of each reported error."""
@@ -111,7 +113,9 @@ class ErrorReporter(QObject):
         self._previous_excepthook: ExceptHook | None = None
         self._previous_threading_hook: Callable[[threading.ExceptHookArgs], object] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.sig_error.connect(self._show, Qt.ConnectionType.QueuedConnection)
+        # Not Qt.ConnectionType.QueuedConnection: the Qt namespace builds all its enums on first
+        # use (tens of milliseconds), and the reporter is made before the window's first paint.
+        self.sig_error.connect(self._show_soon)
 
     def install(self) -> None:
         """Take over `sys.excepthook` and `threading.excepthook` (before the loop exists, so
@@ -174,6 +178,9 @@ class ErrorReporter(QObject):
             self.sig_error.emit(redact(message), redact(repr(context)))
 
     @Slot(str, str)
+    def _show_soon(self, summary: str, details: str) -> None:
+        QTimer.singleShot(0, self, lambda: self._show(summary, details))
+
     def _show(self, summary: str, details: str) -> None:
         if self.dialog is None:
             parent = QApplication.activeWindow()

@@ -13,22 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
+from PySide6.QtCore import QSignalBlocker, QSize, Signal
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QDialog,
-    QDialogButtonBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
-    QMenu,
     QStackedWidget,
-    QStyle,
-    QSystemTrayIcon,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -37,7 +29,12 @@ from podlab.core.lab import Lab
 from podlab.core.settings import save_settings
 from podlab.ui.page_host import PageHost
 
+# Classes with many enums (QStyle, QKeySequence, QDialogButtonBox, QSystemTrayIcon...) build
+# them when first imported: they are imported where used, after the window's first paint.
 if TYPE_CHECKING:
+    from PySide6.QtGui import QCloseEvent, QIcon
+    from PySide6.QtWidgets import QDialog, QSystemTrayIcon
+
     from podlab.core.serving.inference import InferenceService
     from podlab.ui.pages.playground import PlaygroundPage
     from podlab.ui.pages.services import ServicesPage
@@ -57,10 +54,14 @@ class PageEntry:
     """A QStyle.StandardPixmap name, resolved after the first paint (its enum is costly)."""
     module: str
     """Module under podlab.ui.pages with a `create_page(lab, host: PageHost) -> QWidget`."""
+    paints_before_loop: bool = False
+    """Whether the page can be built and painted before the asyncio loop exists (it starts no
+    task while built, and asks `background.when_loop_ready` for its loading): the app then
+    shows it with the window's first paint instead of after asyncio and qasync are loaded."""
 
 
 PAGES: tuple[PageEntry, ...] = (
-    PageEntry("dashboard", "Dashboard", "SP_ComputerIcon", "dashboard"),
+    PageEntry("dashboard", "Dashboard", "SP_ComputerIcon", "dashboard", paints_before_loop=True),
     PageEntry("catalog", "Catalog", "SP_FileDialogContentsView", "catalog"),
     PageEntry("models", "Models", "SP_DriveHDIcon", "models"),
     PageEntry("services", "Services", "SP_MediaPlay", "services"),
@@ -166,6 +167,9 @@ class MainWindow(QMainWindow):
         if self._finished:
             return
         self._finished = True
+        from PySide6.QtGui import QKeySequence, QShortcut
+        from PySide6.QtWidgets import QStyle
+
         for index, page in enumerate(PAGES):
             pixmap = getattr(QStyle.StandardPixmap, page.icon)
             self.nav.item(index).setIcon(self.style().standardIcon(pixmap))
@@ -183,6 +187,8 @@ class MainWindow(QMainWindow):
 
     def show_shortcuts(self) -> QDialog:
         """Open the keyboard shortcut list (F1 or Ctrl+/) and return it."""
+        from PySide6.QtCore import Qt  # its enums are built on first use: not at start-up
+
         from podlab.ui.dialogs.shortcuts import ShortcutsDialog
 
         dialog = ShortcutsDialog(self)
@@ -192,6 +198,10 @@ class MainWindow(QMainWindow):
 
     def show_page(self, key: str) -> QWidget:
         self.finish_start()
+        return self.show_page_unfinished(key)
+
+    def show_page_unfinished(self, key: str) -> QWidget:
+        """Switch to `key` without `finish_start` (the app's first paint comes before it)."""
         row = PAGE_KEYS.index(key)
         if self.nav.currentRow() == row:
             self._on_row_changed(row)
@@ -251,6 +261,8 @@ class MainWindow(QMainWindow):
         return [s for s in service_bridge_for(self.lab).services() if s.state.running]
 
     def _watch_services(self) -> None:
+        from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
         from podlab.ui.service_bridge import service_bridge_for
 
         bridge = service_bridge_for(self.lab)
@@ -328,6 +340,8 @@ class MainWindow(QMainWindow):
 
     async def _ask_about_services(self, running: list[InferenceService]) -> str:
         """ "stop", "keep", or "" when the user cancelled the close."""
+        from PySide6.QtWidgets import QCheckBox, QDialogButtonBox, QVBoxLayout
+
         from podlab.ui.service_bridge import MessageDialog, exec_dialog
 
         names = ", ".join(service.name for service in running)
@@ -374,6 +388,8 @@ class MainWindow(QMainWindow):
 
 
 def window_icon() -> QIcon:
+    from PySide6.QtGui import QIcon
+
     from podlab.core.resources import resource
 
     return QIcon(str(resource("icons/podlab.svg")))

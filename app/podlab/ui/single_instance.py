@@ -3,8 +3,10 @@
 The first instance listens on a `QLocalServer`; a later `podlab FILE.gguf` (from a terminal or
 the file manager, through the desktop entry's MIME type) connects, sends its files as one JSON
 line, waits for the answer and exits without making a window. The first raises its window and
-imports the files. The server's name is per user and per state folder, so that two users, or
-two test runs with their own XDG folders, never reach each other's window.
+imports the files. The later launch talks through Python's socket module, so that QtNetwork is
+loaded only after the first window's first paint. The server's name is per user and per state
+folder, so that two users, or two test runs with their own XDG folders, never reach each
+other's window.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtNetwork import QLocalServer, QLocalSocket
+from PySide6.QtCore import QObject, Signal
 
 from podlab.core.paths import Locations
 
 if TYPE_CHECKING:
+    from PySide6.QtNetwork import QLocalSocket
+
     from podlab.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
@@ -42,19 +45,30 @@ def launch_files(paths: list[str]) -> list[str]:
     return [str(Path(path).expanduser().absolute()) for path in paths]
 
 
+def local_socket_path(name: str) -> str:
+    """Where `QLocalServer.listen(name)` puts its socket on Unix: Qt's temporary folder
+    (TMPDIR, else /tmp) joined with the name. `InstanceServer.listen` checks it."""
+    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"), name)
+
+
 def hand_over(name: str, files: list[str], timeout_ms: int = 3000) -> bool:
     """Give `files` to the instance listening on `name`; False when none answers (then this
     process is the first and opens its own window)."""
-    socket = QLocalSocket()
-    socket.connectToServer(name)
-    if not socket.waitForConnected(timeout_ms):
-        return False
-    socket.write(json.dumps({"files": files}).encode() + b"\n")
-    socket.waitForBytesWritten(timeout_ms)
+    import socket
+
     answer = b""
-    while not answer.endswith(b"\n") and socket.waitForReadyRead(timeout_ms):
-        answer += bytes(socket.readAll().data())
-    socket.disconnectFromServer()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout_ms / 1000)
+        try:
+            connection.connect(local_socket_path(name))
+            connection.sendall(json.dumps({"files": files}).encode() + b"\n")
+            while not answer.endswith(b"\n"):
+                chunk = connection.recv(len(ACK))
+                if not chunk:
+                    break
+                answer += chunk
+        except OSError:  # no socket, nobody listening on it, or no answer in time
+            return False
     return answer == ACK
 
 
@@ -65,6 +79,8 @@ class InstanceServer(QObject):
     """Emitted with the absolute file paths a later launch passed (empty: just show the window)."""
 
     def __init__(self, name: str, parent: QObject | None = None) -> None:
+        from PySide6.QtNetwork import QLocalServer
+
         super().__init__(parent)
         self._name = name
         self._server = QLocalServer(self)
@@ -74,12 +90,18 @@ class InstanceServer(QObject):
     def listen(self) -> bool:
         """Start listening; a socket left by a crashed instance is removed first (`hand_over`
         found nobody answering on it)."""
-        QLocalServer.removeServer(self._name)
+        self._server.removeServer(self._name)
         if not self._server.listen(self._name):
             log.warning(
                 "single instance: cannot listen on %s: %s", self._name, self._server.errorString()
             )
             return False
+        if self._server.fullServerName() != local_socket_path(self._name):
+            log.warning(
+                "single instance: listening on %s, where later launches do not look (%s)",
+                self._server.fullServerName(),
+                local_socket_path(self._name),
+            )
         return True
 
     def close(self) -> None:
@@ -115,6 +137,8 @@ class InstanceServer(QObject):
 
 def bring_forward(window: MainWindow) -> None:
     """Show the window over the others, restored if it was minimized."""
+    from PySide6.QtCore import Qt  # its enums are built on first use: not at start-up
+
     window.setWindowState(window.windowState() & ~Qt.WindowState.WindowMinimized)
     window.show()
     window.raise_()

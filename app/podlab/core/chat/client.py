@@ -27,6 +27,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import re
 import time
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
@@ -36,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from podlab.core.chat.sse import SSEParser
+from podlab.core.chat.sse import RawEvent, SSEParser
 from podlab.core.errors import PodlabError
 from podlab.core.http import ssl_context_for
 
@@ -421,6 +422,136 @@ def _message_from_json(data: Any) -> str:
 # The client
 
 
+_PLAIN_TEXT = r'[^"\\\x00-\x1f]+'
+"""Text that JSON writes as it is inside a string: no quote, backslash or control character."""
+
+
+def _plain(text: str) -> bool:
+    """`_PLAIN_TEXT` in three C calls (a regex call costs more on this hot path); also false
+    for the few printable-looking characters str.isprintable refuses, which then simply go
+    through the parser."""
+    return bool(text) and '"' not in text and "\\" not in text and text.isprintable()
+
+
+class _TokenTemplate:
+    """Token events recognised without JSON, many per network read in one regex pass.
+
+    Servers send every token as the same event with only the text changed (id, model and
+    created stay put). Once `_handle` turned such an event into one Token, `learn` keeps the
+    text around the token and checks it by parsing it again with another token in place; the
+    events that follow, when they are that text around a token that JSON would not escape,
+    are the same event with another token, so `take` gives their texts straight from the
+    stream text. Everything else (another prefix, an escape, a finish reason, usage, a torn
+    event) still goes through the SSE parser and `_handle`.
+    """
+
+    __slots__ = (
+        "_event",
+        "_key",
+        "_prefix",
+        "_run",
+        "_sep",
+        "_suffix",
+        "head",
+        "learned",
+        "ready",
+        "tail",
+    )
+
+    MAX_LEARNED = 3
+    """Templates learned in a row without a match: a server whose events all differ (a counter
+    in each, say) is left to the parser."""
+
+    def __init__(self, kind: Literal["chat", "completion"]) -> None:
+        self._key = "content" if kind == "chat" else "text"
+        self._prefix = ""
+        self._suffix = ""
+        self.head = self.tail = self._sep = ""
+        """The text of a template event before and after its token (its SSE line and end)."""
+        self._event: re.Pattern[str] | None = None
+        self._run: re.Pattern[str] | None = None
+        self.learned = 0
+        """Templates learned since the last match."""
+        self.ready = False
+        """Whether a template was learned (`take` may be called)."""
+
+    def take(self, text: str) -> tuple[list[str], int]:
+        """The token texts of the template events `text` starts with, and where they end."""
+        assert self._run is not None and self._event is not None
+        head, tail = self.head, self.tail
+        if text.startswith(head) and text.endswith(tail):
+            token = text[len(head) : -len(tail)]
+            if _plain(token):  # one event (several would have quotes)
+                self.learned = 0
+                return [token], len(text)
+            # Usually the whole read is template events. Cut each event's token out of its
+            # line, then check that `head`, the tokens joined by `sep` and `tail` give the
+            # read back: all in C but one slice per token (a regex costs twice as much).
+            start, end = len(head), -len(self._suffix)
+            pieces = [line[start:end] for line in text.split("\n")[:-1:2]]
+            if (
+                "" not in pieces
+                and _plain("".join(pieces))
+                and head + self._sep.join(pieces) + tail == text
+            ):
+                self.learned = 0
+                return pieces, len(text)
+        run = self._run.match(text)
+        if run is None:
+            return [], 0
+        self.learned = 0
+        end = run.end()
+        return self._event.findall(text, 0, end), end
+
+    def learn(self, data: str, event_name: str, token: str) -> None:
+        """Keep `data`, an event that `_handle` turned into exactly `Token(token)`, as the
+        template, if it is one: nothing but the token would change the events like it."""
+        if (
+            self.learned >= self.MAX_LEARNED
+            or event_name != "message"
+            or (
+                self._run is not None
+                and data.startswith(self._prefix)
+                and data.endswith(self._suffix)
+            )
+            or "\n" in data
+            or not _plain(token)
+        ):
+            return
+        key = f'"{self._key}":'
+        starts = []
+        at = data.find(key)
+        while at >= 0:
+            start = at + len(key) + (data[at + len(key) : at + len(key) + 1] == " ")
+            if data.startswith(f'"{token}"', start):
+                starts.append(start + 1)
+            at = data.find(key, at + 1)
+        if len(starts) != 1:
+            return
+        prefix, suffix = data[: starts[0]], data[starts[0] + len(token) :]
+        try:
+            payload = json.loads(data)
+            probe = json.loads(prefix + "probe" + suffix)
+            choice, probe_choice = payload["choices"][0], probe["choices"][0]
+            if self._key == "content":
+                choice, probe_choice = choice["delta"], probe_choice["delta"]
+            probe_choice[self._key] = token
+        except (ValueError, LookupError, TypeError):
+            return
+        if probe != payload or any(payload.get(name) for name in ("error", "usage", "timings")):
+            return
+        if payload["choices"][0].get("finish_reason"):
+            return
+        self.head, self.tail = "data: " + prefix, suffix + "\n\n"
+        self._sep = self.tail + self.head
+        line = re.escape(self.head), re.escape(self.tail)
+        self._event = re.compile(f"{line[0]}({_PLAIN_TEXT}){line[1]}")
+        self._run = re.compile(f"(?:{line[0]}{_PLAIN_TEXT}{line[1]})+")
+        self._prefix, self._suffix = prefix, suffix
+        self.learned += 1
+        self.ready = True
+
+
 class _Stream:
     """State of one streamed answer, turned into events."""
 
@@ -680,15 +811,43 @@ class ChatClient:
                     chunks = (
                         response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
                     )
-                    handle = self._handle
+                    template = _TokenTemplate(kind)
+                    chunk_events = self._chunk_events
                     async for chunk in chunks:
                         # One clock reading per network read: its events arrived together.
                         now = perf_counter()
-                        for data, name, _id, _retry in parser.feed_raw(chunk):
-                            for event in handle(data, name, state, now):
-                                yield event
-                            if state.saw_done:
-                                break
+                        decoded: str | None = None
+                        if template.ready and parser.idle():
+                            # The commonest read, inline (calls cost here): exactly one token
+                            # event like the template, its token plain (see `_plain`).
+                            try:
+                                decoded = chunk.decode()
+                            except UnicodeDecodeError:
+                                decoded = None
+                            head, tail = template.head, template.tail
+                            if (
+                                decoded is not None
+                                and len(decoded) < 2 * (len(head) + len(tail))  # one event at most
+                                and decoded.startswith(head)
+                                and decoded.endswith(tail)
+                            ):
+                                token = decoded[len(head) : -len(tail)]
+                                if (
+                                    token
+                                    and '"' not in token
+                                    and "\\" not in token
+                                    and token.isprintable()
+                                ):
+                                    template.learned = 0
+                                    if state.first_at is None:
+                                        state.first_at = now
+                                    state.last_at = now
+                                    state.chunks += 1
+                                    state.parts.append(token)
+                                    yield Token(token)
+                                    continue
+                        for event in chunk_events(chunk, decoded, parser, template, state, now):
+                            yield event
                         if state.saw_done:
                             break
                     if state.saw_done:
@@ -766,6 +925,73 @@ class ChatClient:
             for event in self._final(state, interrupted):
                 yield event
             return
+
+    @classmethod
+    def _chunk_events(
+        cls,
+        chunk: bytes,
+        text: str | None,
+        parser: SSEParser,
+        template: _TokenTemplate,
+        state: _Stream,
+        now: float,
+    ) -> list[ChatEvent]:
+        """The events of one network read, in order: token events that match the template
+        straight from the text (see `_TokenTemplate`), the rest through the parser. `text` is
+        the read decoded, when the parser was idle before it and it decoded."""
+        events: list[ChatEvent] = []
+        if not template.ready:
+            cls._parse(parser.feed_raw(chunk), template, state, now, events)
+            return events
+        idle = text is not None or parser.idle()
+        if not idle:
+            # The previous read tore an event: finish it, so that the rest can match.
+            cut = chunk.find(b"\n\n") + 2
+            if cut > 1:
+                cls._parse(parser.feed_raw(chunk[:cut]), template, state, now, events)
+                chunk = chunk[cut:]
+                idle = parser.idle()
+            if not chunk or state.saw_done:
+                return events
+        if text is None and idle:
+            try:
+                text = chunk.decode()
+            except UnicodeDecodeError:  # a torn character: the parser's incremental decoder
+                text = None
+        if text is None:
+            cls._parse(parser.feed_raw(chunk), template, state, now, events)
+            return events
+        pieces, end = template.take(text)
+        if pieces:
+            if state.first_at is None:
+                state.first_at = now
+            state.last_at = now
+            state.chunks += len(pieces)
+            state.parts += pieces
+            events += map(Token, pieces)
+            text = text[end:]
+        if text:
+            cls._parse(parser.feed_text_raw(text), template, state, now, events)
+        return events
+
+    @staticmethod
+    def _parse(
+        raw_events: list[RawEvent],
+        template: _TokenTemplate,
+        state: _Stream,
+        now: float,
+        events: list[ChatEvent],
+    ) -> None:
+        """`_handle` each parsed event into `events` (until [DONE]); a plain token event
+        may become the template."""
+        handle = ChatClient._handle
+        for data, name, _id, _retry in raw_events:
+            made = handle(data, name, state, now)
+            events += made
+            if len(made) == 1 and type(made[0]) is Token:
+                template.learn(data, name, made[0].text)
+            if state.saw_done:
+                return
 
     @staticmethod
     def _final(state: _Stream, interrupted: bool) -> list[ChatEvent]:

@@ -57,7 +57,8 @@ class SSEParser:
         self._parts: list[str] = []  # the unfinished last line, in pieces (no CR or LF inside)
         self._skip_lf = False  # the previous chunk ended with CR: a leading LF belongs to it
         self._started = False  # a byte-order mark is dropped only at the very start
-        self._special = True  # either of the two above needs a look at the next chunk
+        # One of the two above, or a character the decoder may hold torn: look at the next chunk.
+        self._special = True
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None  # last event id persists across events, as in the spec
@@ -65,7 +66,7 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse a chunk of bytes; return the events completed by it (often none or one)."""
-        return [SSEEvent(*raw) for raw in self._feed_text(self._decoder.decode(chunk))]
+        return [SSEEvent(*raw) for raw in self.feed_raw(chunk)]
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: finish a torn character, the last line and a pending event."""
@@ -73,7 +74,19 @@ class SSEParser:
 
     def feed_raw(self, chunk: bytes) -> list[RawEvent]:
         """`feed()` for the hot path: (data, event, id, retry) tuples, no objects."""
-        return self._feed_text(self._decoder.decode(chunk))
+        events = self._feed_text(self._decoder.decode(chunk))
+        if chunk[-1:] >= b"\x80":  # maybe a torn character in the decoder: not idle()
+            self._special = True
+        return events
+
+    def idle(self) -> bool:
+        """Whether the bytes fed so far ended exactly after an event: no torn character, line
+        or event is pending (the client's fast path for token events needs that)."""
+        return not (self._parts or self._data or self._event or self._special)
+
+    def feed_text_raw(self, text: str) -> list[RawEvent]:
+        """`feed_raw()` for text the caller decoded itself; only while `idle()`."""
+        return self._feed_text(text)
 
     def flush_raw(self) -> list[RawEvent]:
         events = self._feed_text(self._decoder.decode(b"", final=True))

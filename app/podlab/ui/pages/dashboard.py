@@ -9,17 +9,13 @@ a failure in one card is shown on that card instead of breaking the page.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import qasync
 import shiboken6
-import yaml
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication, QShowEvent
 from PySide6.QtWidgets import (
     QDialog,
@@ -39,30 +35,23 @@ from PySide6.QtWidgets import (
 
 from podlab.core.errors import PodlabError
 from podlab.core.lab import Lab
-from podlab.core.models.hardware import HostFacts, read_host_facts
-from podlab.core.serving.engine import INIT_MISSING_FIX, Engine, EngineStatus, install_hint
-from podlab.core.serving.gpu.cdi import (
-    ACTION_GENERATE_CDI,
-    PODLAB_CDI_SPEC_PATH,
-    generate_cdi_spec,
-    write_cdi_spec,
-)
-from podlab.core.serving.gpu.detect import GpuReport, detect_gpus
-from podlab.core.serving.gpu.host import GIB, Diagnosis, GpuInfo, HostProbe
-from podlab.core.serving.gpu.passthrough import plan_passthrough
-from podlab.core.serving.local_server import LocalEngine
-from podlab.core.serving.selftest import SelfTestResult, run_selftest, selftest_model
-from podlab.core.text import plural
 from podlab.ui import background
-from podlab.ui.download_bridge import DownloadBridge, bridge_for
 from podlab.ui.page_host import PageHost
-from podlab.ui.service_bridge import (
-    MessageDialog,
-    ServiceBridge,
-    ask,
-    open_dialog,
-    service_bridge_for,
-)
+
+# The Dashboard is the first page most starts show, and it paints before its facts load: what
+# reads them (Podman, GPUs, the store, the services, httpx underneath) is imported when the
+# first refresh runs, after the first paint.
+if TYPE_CHECKING:
+    import asyncio
+
+    from podlab.core.models.hardware import HostFacts
+    from podlab.core.serving.engine import Engine, EngineStatus
+    from podlab.core.serving.gpu.detect import GpuReport
+    from podlab.core.serving.gpu.host import Diagnosis, GpuInfo, HostProbe
+    from podlab.core.serving.local_server import LocalEngine
+    from podlab.core.serving.selftest import SelfTestResult
+    from podlab.ui.download_bridge import DownloadBridge
+    from podlab.ui.service_bridge import ServiceBridge
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +100,8 @@ def fix_command_text(diagnosis: Diagnosis) -> str | None:
     """The fix command as a user pastes it into a terminal (with sudo when the fix says so)."""
     if not diagnosis.fix_command:
         return None
+    import shlex
+
     command = shlex.join(diagnosis.fix_command)
     if diagnosis.fix and f"sudo {command}" in diagnosis.fix:
         return f"sudo {command}"
@@ -154,7 +145,13 @@ class Card(QFrame):
         self.chip = Chip()
         header = QHBoxLayout()
         header.addWidget(self.title, 1)
-        header.addWidget(self.chip, 0, Qt.AlignmentFlag.AlignTop)
+        # The chip stays at the top of a wrapped title: a stretch under it rather than
+        # Qt.AlignmentFlag.AlignTop, because the Qt namespace builds all its enums on first use
+        # (tens of milliseconds) and cards are made before the first paint.
+        chip_column = QVBoxLayout()
+        chip_column.addWidget(self.chip)
+        chip_column.addStretch(1)
+        header.addLayout(chip_column)
         self._body = QVBoxLayout()
         self._body.setSpacing(4)
         self._buttons = QHBoxLayout()
@@ -186,6 +183,8 @@ class Card(QFrame):
     def add_text(
         self, text: str, *, muted: bool = False, mono: bool = False, rich: bool = False
     ) -> QLabel:
+        from PySide6.QtCore import Qt
+
         label = QLabel(text)
         label.setWordWrap(True)
         label.setTextFormat(Qt.TextFormat.RichText if rich else Qt.TextFormat.PlainText)
@@ -230,6 +229,8 @@ class Card(QFrame):
 
     def text(self) -> str:
         """Everything the card says, as plain text (tests and accessibility read it)."""
+        from PySide6.QtCore import Qt
+
         parts = [self.title.text(), self.chip.text()]
         for index in range(self._body.count()):
             item = self._body.itemAt(index)
@@ -267,6 +268,10 @@ class CdiSpecDialog(QDialog):
             "administrator rights). Nothing is written unless you choose <i>Write spec</i>."
         )
         intro.setWordWrap(True)
+        import shlex
+
+        import yaml
+
         self.spec_yaml = yaml.safe_dump(spec, sort_keys=False)
         self.spec_text = QPlainTextEdit(self.spec_yaml)
         self.spec_text.setReadOnly(True)
@@ -317,19 +322,17 @@ class DashboardPage(QWidget):
         self.title = "Dashboard"
         self._lab = lab
         self._host = host
-        self.probe = HostProbe()
-        """How GPUs are detected; tests point it at a fake /sys, /dev and /etc/cdi tree."""
+        self._probe: HostProbe | None = None
         self.cdi_spec_path: Path | None = None
         """Where "Write CDI spec" writes; None: PODLAB_CDI_SPEC_PATH under the probe's root."""
-        self._local_engine = LocalEngine(lab.locations)
+        self._local_engine: LocalEngine | None = None
         self._local_state: tuple[bool, str] = (False, "")
         self.selftest: SelfTestResult | None = None
         """The local engine's last self-test (None while it runs or before it ran)."""
         self._selftest_task: asyncio.Task[None] | None = None
-        self._models: DownloadBridge | None = bridge_for(lab)
-        self._models.sig_store_changed.connect(self._on_store_changed)
-        self._services: ServiceBridge | None = service_bridge_for(lab)
-        self._services.sig_service_event.connect(self._on_service_event)
+        self._models: DownloadBridge | None = None
+        self._services: ServiceBridge | None = None
+        self._detached = False
         if host is not None:
             host.on_close(self.detach)
         self.last_engine_status: EngineStatus | None = None
@@ -385,8 +388,42 @@ class DashboardPage(QWidget):
         layout.addLayout(top)
         layout.addWidget(scroll, 1)
 
+    @property
+    def probe(self) -> HostProbe:
+        """How GPUs are detected; tests point it at a fake /sys, /dev and /etc/cdi tree."""
+        if self._probe is None:
+            from podlab.core.serving.gpu.host import HostProbe
+
+            self._probe = HostProbe()
+        return self._probe
+
+    @probe.setter
+    def probe(self, probe: HostProbe) -> None:
+        self._probe = probe
+
+    def _local(self) -> LocalEngine:
+        if self._local_engine is None:
+            from podlab.core.serving.local_server import LocalEngine
+
+            self._local_engine = LocalEngine(self._lab.locations)
+        return self._local_engine
+
+    def _attach(self) -> None:
+        """Connect to the shared bridges at the first refresh (they import the store, the
+        services and httpx, which the first paint does not need)."""
+        if self._detached or self._models is not None:
+            return
+        from podlab.ui.download_bridge import bridge_for
+        from podlab.ui.service_bridge import service_bridge_for
+
+        self._models = bridge_for(self._lab)
+        self._models.sig_store_changed.connect(self._on_store_changed)
+        self._services = service_bridge_for(self._lab)
+        self._services.sig_service_event.connect(self._on_service_event)
+
     def detach(self) -> None:
         """Disconnect from the shared bridges, which outlive the page; end the self-test."""
+        self._detached = True
         if self._selftest_task is not None and not self._selftest_task.done():
             self._selftest_task.cancel()
         if self._models is not None:
@@ -415,12 +452,20 @@ class DashboardPage(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
+        background.when_loop_ready(self._refresh_if_stale)
+
+    def _refresh_if_stale(self) -> None:
+        import asyncio
+
         loop = asyncio.get_event_loop_policy().get_event_loop()
         if loop.time() - self._last_refresh > self.MIN_REFRESH_GAP:
             self.refresh_soon()
 
     def refresh_soon(self) -> asyncio.Task[None]:
         """Start a refresh unless one is running; returns the task doing it."""
+        import asyncio
+
+        self._attach()
         if self._refresh_task is None or self._refresh_task.done():
             loop = asyncio.get_event_loop_policy().get_event_loop()
             self._last_refresh = loop.time()
@@ -432,6 +477,8 @@ class DashboardPage(QWidget):
         await self.refresh_soon()
 
     async def refresh(self) -> None:
+        import asyncio
+
         self.refresh_button.setEnabled(False)
         try:
             await asyncio.gather(
@@ -448,6 +495,8 @@ class DashboardPage(QWidget):
 
     async def _guard(self, card: Card, load: Callable[[], Awaitable[None]]) -> None:
         """Run one card's load; an unexpected failure is said on that card only."""
+        import asyncio
+
         try:
             await load()
         except asyncio.CancelledError:
@@ -471,6 +520,8 @@ class DashboardPage(QWidget):
         return self._lab.engine
 
     async def _load_engine(self) -> None:
+        from podlab.core.serving.engine import INIT_MISSING_FIX, install_hint
+
         status = await self.engine().connect()
         self.last_engine_status = status
         card = self.engine_card
@@ -514,12 +565,13 @@ class DashboardPage(QWidget):
         if status.can_start_service:
             card.add_button("start-service", "Start Podman service…", self._on_start_service)
 
-    @qasync.asyncSlot()
-    async def _on_start_service(self) -> None:
-        await self.start_podman_service()
+    def _on_start_service(self) -> None:
+        background.start(self.start_podman_service(), "start the Podman service")
 
     async def start_podman_service(self) -> bool:
         """Ask first; then start `podman system service` for this user and refresh."""
+        from podlab.ui.service_bridge import MessageDialog, ask
+
         engine = self.engine()
         hint = self.last_engine_status.hint if self.last_engine_status else ""
         _, _, for_good = hint.partition("enable it for good: ")
@@ -551,7 +603,9 @@ class DashboardPage(QWidget):
     # ------------------------------------------------------------------ local engine card
 
     async def _load_local(self) -> None:
-        self._local_state = await asyncio.to_thread(self._local_engine.available)
+        import asyncio
+
+        self._local_state = await asyncio.to_thread(self._local().available)
         self._show_local()
         if self._local_state[0] and self.selftest is None:
             self.start_selftest()
@@ -601,12 +655,16 @@ class DashboardPage(QWidget):
         return self._selftest_task
 
     async def _run_selftest(self) -> None:
+        import asyncio
+
+        from podlab.core.serving.selftest import run_selftest, selftest_model
+
         self.selftest = None
         if shiboken6.isValid(self.local_card):
             self._show_local()
         store = self._models.store if self._models is not None else None
         model = await asyncio.to_thread(selftest_model, store) if store is not None else None
-        result = await run_selftest(model, python=self._local_engine.python)
+        result = await run_selftest(model, python=self._local().python)
         self.selftest = result
         if shiboken6.isValid(self.local_card):
             self._show_local()
@@ -615,6 +673,11 @@ class DashboardPage(QWidget):
     # ------------------------------------------------------------------ host and GPUs
 
     async def _load_hardware(self) -> None:
+        import asyncio
+
+        from podlab.core.models.hardware import read_host_facts
+        from podlab.core.serving.gpu.detect import detect_gpus
+
         probe = self.probe
         report = await asyncio.to_thread(detect_gpus, probe)
         facts = await asyncio.to_thread(read_host_facts, probe, report.gpus)
@@ -637,6 +700,8 @@ class DashboardPage(QWidget):
             card.add_text("RAM: size unknown")
 
     def _show_gpus(self, report: GpuReport) -> None:
+        from podlab.core.serving.gpu.passthrough import plan_passthrough
+
         for card in self.gpu_cards:
             self.gpu_box.removeWidget(card)
             card.hide()
@@ -691,6 +756,8 @@ class DashboardPage(QWidget):
 
     @staticmethod
     def _gpu_facts(gpu: GpuInfo) -> str:
+        from podlab.core.serving.gpu.host import GIB
+
         parts = [f"Vendor: {VENDOR_NAMES.get(gpu.vendor, gpu.vendor)}"]
         if gpu.memory_bytes:
             parts.append(f"VRAM: {gpu.memory_bytes / GIB:.1f} GiB")
@@ -713,6 +780,8 @@ class DashboardPage(QWidget):
         return card
 
     def _fix_buttons(self, card: Card, diagnosis: Diagnosis, suffix: str) -> None:
+        from podlab.core.serving.gpu.cdi import ACTION_GENERATE_CDI
+
         command = fix_command_text(diagnosis)
         if command:
             card.add_text(command, mono=True)
@@ -725,12 +794,17 @@ class DashboardPage(QWidget):
         self.sig_fix_copied.emit(command)
         self._status(f"Copied: {command}")
 
-    @qasync.asyncSlot()
-    async def _on_write_cdi(self) -> None:
-        await self.write_cdi_spec()
+    def _on_write_cdi(self) -> None:
+        background.start(self.write_cdi_spec(), "write a CDI spec")
 
     async def write_cdi_spec(self) -> bool:
         """Generate the spec, show it, and write it only after the user chose "Write spec"."""
+        import asyncio
+
+        from podlab.core.serving.gpu.cdi import PODLAB_CDI_SPEC_PATH, generate_cdi_spec
+        from podlab.core.serving.gpu.cdi import write_cdi_spec as write_spec
+        from podlab.ui.service_bridge import ask
+
         try:
             spec = await asyncio.to_thread(generate_cdi_spec, self.probe)
         except PodlabError as exc:
@@ -743,7 +817,7 @@ class DashboardPage(QWidget):
         if not accepted:
             return False
         try:
-            written = await asyncio.to_thread(write_cdi_spec, spec, path)
+            written = await asyncio.to_thread(write_spec, spec, path)
         except PodlabError as exc:
             hint = exc.hint + "; " if exc.hint else ""
             self._warn(
@@ -758,6 +832,8 @@ class DashboardPage(QWidget):
     # ------------------------------------------------------------------ models and services
 
     async def _load_models(self) -> None:
+        from podlab.core.text import plural
+
         if self._models is None:
             return
         usage = await self._models.disk_usage()
@@ -826,6 +902,8 @@ class DashboardPage(QWidget):
             self._host.show_status(text, 8000)
 
     def _warn(self, title: str, exc: PodlabError) -> None:
+        from podlab.ui.service_bridge import MessageDialog, open_dialog
+
         box = MessageDialog(self, title, exc.message, exc.hint, level="warning")
         self.active_dialog = box
         box.finished.connect(self._forget_dialog)
