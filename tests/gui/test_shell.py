@@ -36,6 +36,7 @@ def test_every_page_is_reachable_from_the_navigation(window: MainWindow, qtbot) 
         "Services",
         "Playground",
         "Compare",
+        "Evaluate",
         "Recipes",
         "Tasks",
         "Settings",
@@ -51,8 +52,10 @@ def test_every_page_is_reachable_from_the_navigation(window: MainWindow, qtbot) 
 def test_keyboard_shortcut_switches_pages(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
     from PySide6.QtCore import Qt
 
-    qtbot.keyClick(window, Qt.Key.Key_8, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClick(window, Qt.Key.Key_9, Qt.KeyboardModifier.ControlModifier)
     assert window.current_page_key() == "tasks"
+    qtbot.keyClick(window, Qt.Key.Key_0, Qt.KeyboardModifier.ControlModifier)
+    assert window.current_page_key() == "settings"
 
 
 def test_status_bar_shows_the_real_engine_state(window: MainWindow, qtbot, podman_env) -> None:  # type: ignore[no-untyped-def]

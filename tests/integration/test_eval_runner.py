@@ -262,6 +262,32 @@ async def test_judge_records_unparseable_verdicts_from_the_fault_server(
     assert "PASS or FAIL" in single
 
 
+async def test_an_endpoint_cell_sends_the_key_given_for_its_url_and_stores_none(
+    store: EvalStore, ten_items: PromptSet
+) -> None:
+    """A Podlab service asks for its own key: the runner passes the key given for the cell's
+    URL, and the key is nowhere in the stored run."""
+    key = "eval-endpoint-secret"
+    async with FaultServer(api_key=key) as server:
+        run = store.create_run(
+            new_run_config(ten_items, [CellSpec(server.url, backend="endpoint")], params=PARAMS)
+        )
+        refused = await EvalRunner(store).run(run.id)
+        (cell,) = store.cells(run.id)
+        assert refused.status == "finished" and cell.status == "failed"  # 401 without the key
+
+        again = store.create_run(refused.config)
+        finished = await EvalRunner(store, endpoint_api_keys={server.url: key}).run(again.id)
+    assert finished.status == "finished"
+    (cell,) = store.cells(again.id)
+    assert cell.status == "done", cell.error
+    stored = store.items(cell.id)
+    assert len(stored) == len(ten_items.items)
+    assert all(record.status == "done" and record.answer == ANSWER_TEXT for record in stored)
+    files = [store.path, Path(f"{store.path}-wal")]
+    assert all(key.encode() not in path.read_bytes() for path in files if path.exists())
+
+
 async def test_a_real_model_judges_the_whole_loop(
     store: EvalStore, smollm2_server: harness.LlamaServer, gemma3_server: harness.LlamaServer
 ) -> None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from PySide6.QtWidgets import QDialog, QSystemTrayIcon
 
     from podlab.core.serving.inference import InferenceService
+    from podlab.ui.pages.compare import ComparePage
     from podlab.ui.pages.playground import PlaygroundPage
     from podlab.ui.pages.services import ServicesPage
     from podlab.ui.service_bridge import MessageDialog
@@ -67,11 +68,17 @@ PAGES: tuple[PageEntry, ...] = (
     PageEntry("services", "Services", "SP_MediaPlay", "services"),
     PageEntry("playground", "Playground", "SP_CommandLink", "playground"),
     PageEntry("compare", "Compare", "SP_FileDialogListView", "compare"),
+    PageEntry("evaluate", "Evaluate", "SP_FileDialogInfoView", "evaluate"),
     PageEntry("recipes", "Recipes", "SP_DirIcon", "recipes"),
     PageEntry("tasks", "Tasks", "SP_BrowserReload", "tasks"),
     PageEntry("settings", "Settings", "SP_FileDialogDetailedView", "settings"),
 )
 PAGE_KEYS = tuple(page.key for page in PAGES)
+
+
+def page_shortcut(index: int) -> str:
+    """The keys of the page at `index`: Ctrl+1 to Ctrl+9, then Ctrl+0 for the tenth."""
+    return f"Ctrl+{'1234567890'[index]}"
 
 
 class MainWindow(QMainWindow):
@@ -102,7 +109,7 @@ class MainWindow(QMainWindow):
         self.nav.setSpacing(2)
         for index, page in enumerate(PAGES):
             item = QListWidgetItem(page.title)
-            item.setToolTip(f"{page.title} (Ctrl+{index + 1})")
+            item.setToolTip(f"{page.title} ({page_shortcut(index)})")
             self.nav.addItem(item)
         self.stack = QStackedWidget()
         for page in PAGES:
@@ -173,7 +180,7 @@ class MainWindow(QMainWindow):
         for index, page in enumerate(PAGES):
             pixmap = getattr(QStyle.StandardPixmap, page.icon)
             self.nav.item(index).setIcon(self.style().standardIcon(pixmap))
-            shortcut = QShortcut(QKeySequence(f"Ctrl+{index + 1}"), self)
+            shortcut = QShortcut(QKeySequence(page_shortcut(index)), self)
             shortcut.setWhatsThis(f"Show the {page.title} page")
             shortcut.activated.connect(lambda row=index: self.nav.setCurrentRow(row))
         quit_shortcut = QShortcut(QKeySequence("Ctrl+Q"), self)
@@ -224,6 +231,13 @@ class MainWindow(QMainWindow):
 
         page = self.page("playground")
         assert isinstance(page, PlaygroundPage)
+        return page
+
+    def compare_page(self) -> ComparePage:
+        from podlab.ui.pages.compare import ComparePage
+
+        page = self.page("compare")
+        assert isinstance(page, ComparePage)
         return page
 
     def show_status(self, text: str, timeout_ms: int = 10000) -> None:

@@ -2,8 +2,8 @@
 
 Pages get a `PageHost` in their constructor (None when a test builds a page on its own) and
 never reach into the window with getattr: what they need is named here, and `MainWindow`
-implements it. The Services and Playground pages are reached through typed accessors, because
-other pages hand work to them (serve a model, chat with a service).
+implements it. The Services, Playground and Compare pages are reached through typed accessors,
+because other pages hand work to them (serve a model, chat with a service, compare a model).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QWidget
 from podlab.core.lab import Lab
 
 if TYPE_CHECKING:
+    from podlab.ui.pages.compare import ComparePage
     from podlab.ui.pages.playground import PlaygroundPage
     from podlab.ui.pages.services import ServicesPage
 
@@ -50,6 +51,10 @@ class PageHost(Protocol):
 
     def playground_page(self) -> PlaygroundPage:
         """The Playground page, created if need be, without showing it."""
+        ...
+
+    def compare_page(self) -> ComparePage:
+        """The Compare page, created if need be, without showing it."""
         ...
 
 

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -139,12 +139,15 @@ class EvalRunner:
         services: ServiceManager | None = None,
         *,
         judge_api_key: str | None = None,
+        endpoint_api_keys: Mapping[str, str] | None = None,
         energy: EnergyMeter | None = None,
         memory_interval_s: float = MEMORY_INTERVAL_S,
     ) -> None:
         self.store = store
         self._services = services
         self.judge_api_key = judge_api_key
+        self.endpoint_api_keys = dict(endpoint_api_keys or {})
+        """API keys of endpoint cells by URL (a Podlab service's own key), never stored."""
         self.energy = energy if energy is not None else EnergyMeter()
         self.memory_interval_s = memory_interval_s
         self._pause = asyncio.Event()
@@ -371,9 +374,10 @@ class EvalRunner:
 
     async def _start(self, spec: CellSpec, config: RunConfig, name: str) -> ServedCell:
         if spec.backend == "endpoint":
-            async with ChatClient(spec.model) as client:
+            api_key = self.endpoint_api_keys.get(spec.model)
+            async with ChatClient(spec.model, api_key) as client:
                 models = await client.list_models()
-            return ServedCell(spec.model, models[0] if models else None)
+            return ServedCell(spec.model, models[0] if models else None, api_key)
         model = f"{spec.model}:{spec.quant}" if spec.quant else spec.model
         options = ServiceOptions(image=spec.image)
         if spec.ctx:

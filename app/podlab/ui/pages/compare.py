@@ -574,6 +574,21 @@ class ComparePage(QWidget):
         self._update_buttons()
         return pane
 
+    def open_endpoint(
+        self, endpoint: str, model: str | None = None, service_id: str = ""
+    ) -> PaneWidget | None:
+        """Put a model in the first pane without an endpoint (else a new pane, else the last
+        one): how another page hands its choice over (Evaluate's Open in Compare). A running
+        service is chosen as a service, so its key goes with it. None while a round runs."""
+        if self._busy:
+            return None
+        empty = next((pane for pane in self.panes if not pane.picker.endpoint()), None)
+        pane = empty or self.add_pane() or self.panes[-1]
+        if not (service_id and pane.picker.select_service(service_id)):
+            pane.picker.set_endpoint(endpoint, model)
+        self._refresh_titles()
+        return pane
+
     def remove_pane(self, pane: PaneWidget) -> None:
         if len(self.panes) <= MIN_PANES or self._busy or pane not in self.panes:
             return
