@@ -248,7 +248,7 @@ class ExportDialog(QDialog):
         font.setBold(True)
         font.setPointSizeF(font.pointSizeF() * 1.15)
         heading.setFont(font)
-        explain = _plain_label(
+        self.explain = _plain_label(
             "The files run what you tested elsewhere: the same images, model, parameters and "
             "context size. The model travels as a model image; the API key is never written "
             "(each folder's README says how to give it)."
@@ -285,10 +285,11 @@ class ExportDialog(QDialog):
         choices = QFormLayout()
         choices.addRow("Formats", format_row)
         choices.addRow("GPU", self.gpu_combo)
-        if isinstance(source, RecipeExport):
-            choices.addRow("Model", self.model_combo)
-            if source.needs_embedding:
-                choices.addRow("Embedding model", self.embedding_combo)
+        choices.addRow("Model", self.model_combo)
+        choices.addRow("Embedding model", self.embedding_combo)
+        # A served model is one model: nothing to choose.
+        choices.setRowVisible(self.model_combo, isinstance(source, RecipeExport))
+        choices.setRowVisible(self.embedding_combo, source.needs_embedding)
 
         self.file_tree = QTreeWidget()
         self.file_tree.setObjectName("export-files")
@@ -343,7 +344,7 @@ class ExportDialog(QDialog):
 
         layout = QVBoxLayout(self)
         layout.addWidget(heading)
-        layout.addWidget(explain)
+        layout.addWidget(self.explain)
         layout.addLayout(choices)
         layout.addWidget(splitter, 1)
         layout.addLayout(folder_row)
@@ -565,6 +566,8 @@ class ExportDialog(QDialog):
     # -- plumbing ----------------------------------------------------------------------------
 
     def _say(self, text: str, error: bool = False) -> None:
+        if not shiboken6.isValid(self):
+            return  # closed while a thread was writing
         self.status.setText(text)
         self.status.setStyleSheet(f"color: {BADGE_COLOURS['error']};" if error else "")
 
