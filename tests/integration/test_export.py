@@ -10,6 +10,7 @@ README's command only when the runner has not built it already (same tag: its in
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -28,10 +29,11 @@ import httpx
 import pytest
 
 from podlab.core.export import export_recipe, write_export
+from podlab.core.export.digests import image_digests
 from podlab.core.export.plan import ExportPlan, recipe_plan
 from podlab.core.recipes.catalog import load_recipe
 from podlab.core.recipes.runner import HOST_CA_CONTEXT_PATH
-from podlab.core.serving.engine import HOST_CA_BUNDLE
+from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine
 from podlab.core.serving.planning import resolve_model
 from podlab.core.settings import Settings
 from tests import harness, recipe_harness
@@ -238,3 +240,25 @@ def test_compose_up_answers_with_the_key_and_down_leaves_nothing(
     assert not [v for v in volumes if v.startswith(f"{project}_")]
     networks = made.podman_lines("network", "ls", "--format", "{{.Name}}")
     assert f"{project}_default" not in networks
+
+
+def test_image_digests_pin_registry_images_that_podman_holds(
+    podman_service: harness.PodmanService, base_image: str, model_server_image: str
+) -> None:
+    async def lookup() -> dict[str, str]:
+        engine = Engine(url=podman_service.url)
+        await engine.connect()
+        try:
+            return await image_digests(
+                engine, [base_image, model_server_image, "quay.io/podlab-test/absent:1"]
+            )
+        finally:
+            await engine.aclose()
+
+    found = asyncio.run(lookup())
+    inspected = subprocess.run(
+        ["podman", "image", "inspect", base_image, "--format", "{{json .RepoDigests}}"],
+        env=local_podman_env(podman_service), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert found == {base_image: json.loads(inspected.stdout)[0]}
+    assert found[base_image].startswith("docker.io/library/debian@sha256:")

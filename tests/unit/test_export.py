@@ -247,6 +247,12 @@ def copied_paths(line: str) -> list[str]:
     return [re.sub(r"\\(.)", r"\1", word) for word in json.loads(line.split(" ", 2)[2])]
 
 
+def files_image(files: dict[str, str]) -> str:
+    """The model image the kube export's init container copies from."""
+    [pod] = kube_documents(files["kube/pod.yaml"])
+    return str(pod["spec"]["initContainers"][0]["image"])
+
+
 def by_path(files: list[ExportedFile]) -> dict[str, str]:
     paths = [f.path for f in files]
     assert len(paths) == len(set(paths)), paths
@@ -552,7 +558,10 @@ def test_a_model_path_with_spaces_and_quotes_reaches_every_format(
     assert compose["services"]["llamacpp-server"]["environment"]["MODEL_PATH"] == target
     unit = parse_unit(files["quadlet/podlab-chatbot-llamacpp-server.container"])
     environment = [systemd_unquote(v) for _s, k, v in unit if k == "Environment"]
-    assert f"MODEL_PATH={target}" in environment
+    # Quadlet mounts the model image's whole root at /modelcar.
+    assert f"MODEL_PATH=/modelcar{target}" in environment
+    mounts = [v for _s, k, v in unit if k == "Mount"]
+    assert mounts == [f"type=image,source={files_image(files)},destination=/modelcar"]
     modelcar = files["containerfile/Containerfile.model"]
     copy = next(line for line in modelcar.splitlines() if line.startswith("COPY"))
     assert copied_paths(copy) == [HOSTILE_FILE, target]
@@ -641,6 +650,12 @@ def test_a_service_without_a_key_asks_for_none(smollm2_model: Path, settings: Se
     [pod] = kube_documents(files["kube/pod.yaml"])
     assert "PODLAB_API_KEY" not in env_of(pod["spec"]["containers"][0])
     assert "Secret=" not in "".join(t for p, t in files.items() if p.endswith(".container"))
+    # A service found again from its labels (no spec in memory) whose key the keyring lost is
+    # exported with a key all the same, as the require_api_key setting says.
+    listed = make_service(smollm2_model, "listed", None)
+    listed.spec = None
+    [pod] = kube_documents(by_path(export_service(listed, settings=settings))["kube/pod.yaml"])
+    assert "secretKeyRef" in env_of(pod["spec"]["containers"][0])["PODLAB_API_KEY"]
 
 
 def test_an_export_for_another_gpu_plans_that_gpu(smollm2_model: Path, settings: Settings) -> None:
@@ -734,3 +749,31 @@ def test_the_cli_exports_refuses_a_full_folder_and_names_a_missing_model(
     assert missing.returncode != 0
     assert "recommended" in missing.stderr and "podlab models pull" in missing.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_registry_images_are_pinned_by_digest_and_local_builds_keep_their_tag(
+    smollm2_model: Path, smollm2: ResolvedModel, settings: Settings
+) -> None:
+    from podlab.core.export.plan import repo_digest
+
+    digest = "sha256:" + "a" * 64
+    assert repo_digest("quay.io/ex/server:1.0", [f"quay.io/other/x@{digest}"]) is None
+    assert (
+        repo_digest("host:5000/ex/server:1.0", [f"host:5000/ex/server@{digest}"])
+        == f"host:5000/ex/server@{digest}"
+    )
+    service = make_service(smollm2_model, "pinned", "k")
+    assert service.spec is not None
+    service.spec.image = "quay.io/ex/server:1.0"
+    pinned = f"quay.io/ex/server@{digest}"
+    files = by_path(
+        export_service(service, settings=settings, image_digests={service.spec.image: pinned})
+    )
+    [pod] = kube_documents(files["kube/pod.yaml"])
+    assert pod["spec"]["containers"][0]["image"] == pinned
+    assert f"Image={pinned}" in "".join(t for p, t in files.items() if p.endswith(".container"))
+    # A local build is named by its inputs' hash already, and its Containerfile is exported.
+    local = {PODLAB_SERVER_IMAGE: f"localhost/podlab/llamacpp-python@{digest}"}
+    files = export_of("chatbot", smollm2, settings, image_digests=local)
+    [pod] = kube_documents(files["kube/pod.yaml"])
+    assert pod["spec"]["containers"][0]["image"] == PODLAB_SERVER_IMAGE

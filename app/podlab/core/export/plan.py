@@ -365,7 +365,9 @@ def service_plan(
             model_ref=service.model_ref,
             host_port=service.port,
             image_overrides=settings.server_images,
-            require_api_key=service.api_key is not None,
+            # A key the keyring lost still protects the export; an open service stays open
+            # only where the setting says so.
+            require_api_key=service.api_key is not None or settings.require_api_key,
         )
         server_kind = kind
     spec = ContainerSpec.from_dict(spec.to_dict())
