@@ -307,6 +307,9 @@ def test_a_service_and_the_pane_that_won_export_as_they_were_tried(
     assert "context size 2048 tokens" in dialog.explain.text()
     assert "temperature 0.3" in dialog.explain.text()
     dialog.reject()
+    # Blind: nothing tells which model a pane is, so it cannot be deployed before the vote.
+    compare.blind_check.setChecked(True)
+    assert not pane.deploy_button.isVisibleTo(pane)
 
 
 def test_an_error_from_the_core_is_shown_in_the_dialog(
