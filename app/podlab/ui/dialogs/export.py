@@ -180,12 +180,6 @@ class ServiceExport:
     sampling: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     digests: dict[str, str] | None = None
-    models: list[StoredModel] = field(default_factory=list)
-    model_id: str | None = None
-    embedding_models: list[StoredModel] = field(default_factory=list)
-    embedding_id: str | None = None
-    needs_embedding = False
-    """(A served model is one model: nothing to choose.)"""
 
     @property
     def title(self) -> str:
@@ -273,13 +267,18 @@ class ExportDialog(QDialog):
         for key in GPU_TARGETS:
             self.gpu_combo.addItem(GPU_TITLES[key], key)
         self.gpu_combo.setCurrentIndex(max(0, self.gpu_combo.findData(source.gpu)))
-        self.model_combo = self._model_combo("export-model", "Model", source.models)
-        self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(source.model_id)))
-        self.embedding_combo = self._model_combo(
-            "export-embedding-model", "Embedding model", source.embedding_models
+        recipe = source if isinstance(source, RecipeExport) else None
+        self.model_combo = self._model_combo(
+            "export-model",
+            "Model",
+            recipe.models if recipe else [],
+            recipe.model_id if recipe else None,
         )
-        self.embedding_combo.setCurrentIndex(
-            max(0, self.embedding_combo.findData(source.embedding_id))
+        self.embedding_combo = self._model_combo(
+            "export-embedding-model",
+            "Embedding model",
+            recipe.embedding_models if recipe else [],
+            recipe.embedding_id if recipe else None,
         )
 
         choices = QFormLayout()
@@ -288,8 +287,8 @@ class ExportDialog(QDialog):
         choices.addRow("Model", self.model_combo)
         choices.addRow("Embedding model", self.embedding_combo)
         # A served model is one model: nothing to choose.
-        choices.setRowVisible(self.model_combo, isinstance(source, RecipeExport))
-        choices.setRowVisible(self.embedding_combo, source.needs_embedding)
+        choices.setRowVisible(self.model_combo, recipe is not None)
+        choices.setRowVisible(self.embedding_combo, recipe is not None and recipe.needs_embedding)
 
         self.file_tree = QTreeWidget()
         self.file_tree.setObjectName("export-files")
@@ -364,13 +363,16 @@ class ExportDialog(QDialog):
         self.regenerate()
 
     @staticmethod
-    def _model_combo(name: str, accessible: str, models: list[StoredModel]) -> QComboBox:
+    def _model_combo(
+        name: str, accessible: str, models: list[StoredModel], chosen: str | None
+    ) -> QComboBox:
         combo = QComboBox()
         combo.setObjectName(name)
         combo.setAccessibleName(accessible)
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         for model in models:
             combo.addItem(model.name, model.id)
+        combo.setCurrentIndex(max(0, combo.findData(chosen)) if models else -1)
         return combo
 
     # -- choices and generation --------------------------------------------------------------
