@@ -243,8 +243,8 @@ class ExportDialog(QDialog):
         font.setPointSizeF(font.pointSizeF() * 1.15)
         heading.setFont(font)
         self.explain = _plain_label(
-            "The files run what you tested elsewhere: the same images, model, parameters and "
-            "context size. The model travels as a model image; the API key is never written "
+            "The files run elsewhere what Podlab runs here: the same images, model, parameters "
+            "and context size. The model travels as a model image; the API key is never written "
             "(each folder's README says how to give it)."
             + (f"\n{source.note}" if source.note else "")
         )
