@@ -169,6 +169,8 @@ def test_chatbot_runs_in_a_pod_answers_in_the_browser_and_starts_again_without_b
     assert listed[first.id].app_url == first.app_url
     assert listed[first.id].state is RunState.RUNNING
     assert listed[first.id].model == first.model
+    # What an export of the running application needs: where its model ran, no embedding.
+    assert (listed[first.id].gpu, listed[first.id].embedding_model) == ("none", "")
 
     stopped = runners.call(lambda runner: runner.stop(first.id))
     assert stopped.state is RunState.STOPPED

@@ -98,15 +98,17 @@ def export_service(
     gpu: str | None = None,
     image_digests: Mapping[str, str] | None = None,
     host_port: int | None = None,
+    sampling: Mapping[str, object] | None = None,
 ) -> list[ExportedFile]:
     """One served model, from the service's own container spec. gpu None: the GPU it runs
-    on; host_port None: its own port."""
+    on; host_port None: its own port; sampling: the request parameters it was tried with."""
     plan = service_plan(
         service,
         settings=settings,
         gpu=gpu,
         image_digests=image_digests,
         host_port=host_port,
+        sampling=sampling,
     )
     return render(plan, formats)
 

@@ -56,6 +56,9 @@ MODEL_MOUNT = "/mnt/models"
 ANNOTATION_MODEL = "podlab.model"
 ANNOTATION_MODEL_SHA256 = "podlab.model.sha256"
 ANNOTATION_RECIPE = "podlab.recipe"
+ANNOTATION_SAMPLING = "podlab.sampling"
+"""The sampling parameters a comparison pane sent (temperature, top_p, ...): clients send them
+with each request, so an export records them for the client, not the server."""
 ANNOTATION_VERSION = "podlab.version"
 
 _DNS_INVALID = re.compile(r"[^a-z0-9]+")
@@ -340,9 +343,11 @@ def service_plan(
     gpu: str | None = None,
     image_digests: Mapping[str, str] | None = None,
     host_port: int | None = None,
+    sampling: Mapping[str, object] | None = None,
 ) -> ExportPlan:
     """The plan of one served model: the service's stored spec (Podman), or the spec Podman
-    would run for it (a local-engine service). gpu None: the service's own GPU."""
+    would run for it (a local-engine service). gpu None: the service's own GPU; sampling: the
+    request parameters it was tried with (a comparison pane's), recorded as an annotation."""
     target = gpu or service.gpu_vendor or "none"
     if target not in GPU_TARGETS:
         target = "none"
@@ -388,6 +393,10 @@ def service_plan(
     }
     if LABEL_OPTIONS in spec.labels:
         annotations[LABEL_OPTIONS] = spec.labels[LABEL_OPTIONS]
+    if sampling:
+        annotations[ANNOTATION_SAMPLING] = json.dumps(
+            dict(sampling), sort_keys=True, separators=(",", ":")
+        )
     return ExportPlan(
         name, f"{service.model_ref} ({service.name})", (part,), {CONTAINER_PORT: port},
         target, annotations,

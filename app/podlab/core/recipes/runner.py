@@ -58,6 +58,8 @@ LABEL_RECIPE = "podlab.recipe"
 LABEL_RUN_APP_URL = "podlab.recipe.app-url"
 LABEL_RUN_PORTS = "podlab.recipe.ports"
 LABEL_RUN_MODEL = "podlab.recipe.model"
+LABEL_RUN_EMBEDDING = "podlab.recipe.embedding-model"
+LABEL_RUN_GPU = "podlab.recipe.gpu"
 LABEL_RUN_CREATED = "podlab.recipe.created"
 LABEL_INPUTS = "podlab.recipe.inputs"
 """On a built image: the hash of its build inputs (also its tag)."""
@@ -100,6 +102,9 @@ class RecipeRun:
     pod: str
     state: RunState
     model: str = ""
+    embedding_model: str = ""
+    gpu: str = ""
+    """The GPU vendor the model service got ("none": the CPU; "": not recorded, an older run)."""
     app_url: str = ""
     ports: dict[str, int] = field(default_factory=dict)
     """Container name -> host port on 127.0.0.1 (its first port)."""
@@ -229,6 +234,8 @@ class RecipeRunner:
             pod="",
             state=RunState.BUILDING,
             model=model.ref,
+            embedding_model=embedding.ref if embedding is not None else "",
+            gpu=plan.passthrough.vendor,
             created=time.time(),
         )
         run.pod = f"podlab-recipe-{slug(entry.id, 30)}-{run.id}"
@@ -332,6 +339,8 @@ class RecipeRunner:
             LABEL_RUN_APP_URL: run.app_url,
             LABEL_RUN_PORTS: json.dumps(run.ports, sort_keys=True),
             LABEL_RUN_MODEL: run.model,
+            LABEL_RUN_EMBEDDING: run.embedding_model,
+            LABEL_RUN_GPU: run.gpu,
             LABEL_RUN_CREATED: f"{run.created:.0f}",
         }
         client = self.engine.client()
@@ -530,6 +539,8 @@ def _run_from_pod(attrs: Mapping[str, Any]) -> RecipeRun:
         pod=str(attrs.get("Name", "")),
         state=state,
         model=labels.get(LABEL_RUN_MODEL, ""),
+        embedding_model=labels.get(LABEL_RUN_EMBEDDING, ""),
+        gpu=labels.get(LABEL_RUN_GPU, ""),
         app_url=labels.get(LABEL_RUN_APP_URL, ""),
         ports=ports,
         created=_number(labels.get(LABEL_RUN_CREATED)),

@@ -6,7 +6,9 @@ The page drives `podlab.core.chat.compare.Comparison` (modes parallel, one-per-s
 and shows its events; every pane streams through its own `MarkdownView` with its own throttle.
 A failing pane shows its error while the others go on. Each pane's header says what tells it
 apart (`pane_names`); a vote that could not count is refused before it is offered; the panes'
-setup is remembered in the Lab's session and comes back after a restart.
+setup is remembered in the Lab's session and comes back after a restart. "Deploy what won…" on
+a pane whose endpoint is a Podlab service opens the Export dialog for that service, with the
+pane's sampling parameters recorded beside its context size.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ from podlab.core.lab import Lab
 from podlab.core.paths import atomic_write_text
 from podlab.core.text import plural
 from podlab.ui import background
+from podlab.ui.dialogs.export import ExportDialog, ServiceExport, open_export_dialog
 from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.chat_view import ChatView, MessageWidget, format_ms
 from podlab.ui.widgets.generation_form import EndpointPicker, ParamsForm
@@ -104,6 +107,8 @@ class PaneWidget(QFrame):
     """Emitted with this pane when its close button is clicked."""
     sig_setup_changed = Signal()
     """Emitted when the endpoint, model, parameters, system prompt or name changed."""
+    sig_deploy_requested = Signal(object)
+    """Emitted with this pane when "Deploy what won…" is clicked."""
 
     def __init__(self, number: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -136,6 +141,15 @@ class PaneWidget(QFrame):
         self.clear_button.setText("Clear")
         self.clear_button.setToolTip("Forget this pane's history")
         self.clear_button.clicked.connect(self.clear_history)
+        self.deploy_button = QToolButton()
+        self.deploy_button.setObjectName("pane-deploy")
+        self.deploy_button.setText("Deploy what won…")
+        self.deploy_button.setToolTip(
+            "Export this pane's service as files that run elsewhere (Kubernetes, Quadlet, "
+            "Compose…), with its context size and this pane's parameters"
+        )
+        self.deploy_button.setEnabled(False)
+        self.deploy_button.clicked.connect(lambda: self.sig_deploy_requested.emit(self))
         self.close_button = QToolButton()
         self.close_button.setText("✕")
         self.close_button.setToolTip("Remove this pane")
@@ -145,6 +159,7 @@ class PaneWidget(QFrame):
         header.addWidget(self.badge)
         header.addStretch(1)
         header.addWidget(self.state)
+        header.addWidget(self.deploy_button)
         header.addWidget(self.settings_button)
         header.addWidget(self.clear_button)
         header.addWidget(self.close_button)
@@ -199,6 +214,7 @@ class PaneWidget(QFrame):
 
     def _on_setup_changed(self) -> None:
         self.chat.set_placeholder("" if self.picker.endpoint() else PANE_HINT)
+        self.deploy_button.setEnabled(self.picker.current_service() is not None)
         self.sig_setup_changed.emit()
 
     def set_title(self, text: str) -> None:
@@ -244,6 +260,7 @@ class PaneWidget(QFrame):
         """Hide everything that tells which model this is (`name` replaces answer titles)."""
         self.picker.setVisible(not blind)
         self.settings_button.setVisible(not blind)
+        self.deploy_button.setVisible(not blind)
         if blind:
             self.settings_button.setChecked(False)
         for message in self.chat.messages():
@@ -302,6 +319,8 @@ class ComparePage(QWidget):
         if lab.conversations_problem:
             log.warning("comparisons are not saved: %s", lab.conversations_problem)
         self._bridge: Any = None
+        self.export_dialog: ExportDialog | None = None
+        """The Export dialog last opened from a pane (tests fill and click it)."""
 
         # -- top bar
         self.mode_combo = QComboBox()
@@ -562,6 +581,7 @@ class ComparePage(QWidget):
         pane = PaneWidget(len(self.panes) + 1)
         pane.sig_close_requested.connect(self.remove_pane)
         pane.sig_setup_changed.connect(self._refresh_titles)
+        pane.sig_deploy_requested.connect(self.deploy)
         if self.blind_check.isChecked():
             pane.set_blind(True)
         if endpoint:
@@ -588,6 +608,21 @@ class ComparePage(QWidget):
             pane.picker.set_endpoint(endpoint, model)
         self._refresh_titles()
         return pane
+
+    def deploy(self, pane: PaneWidget) -> ExportDialog | None:
+        """The Export dialog for the pane's service, with the pane's sampling parameters."""
+        service = pane.picker.current_service()
+        if service is None:
+            self.show_status("Only a Podlab service can be exported.", error=True)
+            return None
+        sampling = pane.params_form.params().to_request()
+        context = f"context size {service.options.ctx_size} tokens (its service's)"
+        kept = ", ".join(f"{k} {v}" for k, v in sampling.items()) or "the server's defaults"
+        note = f"From the pane {pane.title.text()}: {context}; parameters: {kept}."
+        self.export_dialog = open_export_dialog(
+            ServiceExport(self.lab, service, sampling, note=note), self
+        )
+        return self.export_dialog
 
     def remove_pane(self, pane: PaneWidget) -> None:
         if len(self.panes) <= MIN_PANES or self._busy or pane not in self.panes:

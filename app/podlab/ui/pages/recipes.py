@@ -12,6 +12,9 @@ whose log is the build and start log; its failure and log tail also show on the 
 command line) are found again after a restart; while the page shows, it reads that list again
 every few seconds (one pod listing), so a run stopped from the command line shows as stopped.
 Without Podman the page says how to get it.
+
+Export… (beside Run, and for a running application) opens the Export dialog: the recipe with
+the chosen model on the GPU Run would use, or the application as it runs (its model and GPU).
 """
 
 from __future__ import annotations
@@ -58,9 +61,12 @@ from podlab.core.recipes.catalog import (
 )
 from podlab.core.recipes.runner import RecipeRun, RecipeRunner, RunEvent, RunRequest
 from podlab.core.recipes.spec import ContainerRole, RecipeSpecError
+from podlab.core.serving.gpu.detect import detect_gpus
 from podlab.core.serving.gpu.host import HostProbe
+from podlab.core.serving.gpu.passthrough import plan_passthrough
 from podlab.core.tasks import Task
 from podlab.ui import background
+from podlab.ui.dialogs.export import ExportDialog, RecipeExport, open_export_dialog
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.page_host import PageHost
 from podlab.ui.widgets.model_card import ModelCardView
@@ -139,6 +145,8 @@ class RecipesPage(QWidget):
         self._runner: RecipeRunner | None = None
         self.run_task: Task | None = None
         self._run_name = ""
+        self.export_dialog: ExportDialog | None = None
+        """The Export dialog last opened (tests fill and click it)."""
         lab.tasks.subscribe(self._on_task_changed)
         self.destroyed.connect(lambda: lab.tasks.unsubscribe(self._on_task_changed))
 
@@ -209,6 +217,11 @@ class RecipesPage(QWidget):
         self.run_button.setToolTip(
             "Build what changed and start the recipe in a Podman pod with the chosen model"
         )
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip(
+            "Preview and write this recipe with the chosen model as Containerfiles, Kubernetes "
+            "YAML, KServe, Quadlet or Compose"
+        )
         self.run_status = _plain_label()
         self.run_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         model_row = QHBoxLayout()
@@ -217,6 +230,7 @@ class RecipesPage(QWidget):
         model_row.addWidget(self.embedding_label)
         model_row.addWidget(self.embedding_combo)
         model_row.addWidget(self.run_button)
+        model_row.addWidget(self.export_button)
         model_row.addStretch(1)
         no_model_row = QHBoxLayout()
         no_model_row.addWidget(self.no_model_label, 1)
@@ -262,6 +276,8 @@ class RecipesPage(QWidget):
         self.import_button.clicked.connect(self._on_import_clicked)
         self.open_catalog_button.clicked.connect(self._open_catalog)
         self.run_button.clicked.connect(self._on_run_clicked)
+        self.export_button.clicked.connect(self._on_export_clicked)
+        self.export_run_button.clicked.connect(self._on_export_run_clicked)
         self.model_combo.currentIndexChanged.connect(self._update_run_button)
         self.runs_table.itemSelectionChanged.connect(self._update_run_actions)
         self.open_button.clicked.connect(self._on_open_clicked)
@@ -290,11 +306,22 @@ class RecipesPage(QWidget):
         self.runs_table.setMaximumHeight(160)
         self.runs_empty = _plain_label("No recipe is running.")
         self.open_button = QPushButton("Open in browser")
+        self.export_run_button = QPushButton("Export…")
+        self.export_run_button.setAccessibleName("Export the running application…")
+        self.export_run_button.setToolTip(
+            "Preview and write this application as it runs (its model and GPU) as files that "
+            "run elsewhere"
+        )
         self.stop_button = QPushButton("Stop")
         self.delete_button = QPushButton("Delete")
         buttons = QHBoxLayout()
         buttons.addWidget(self.runs_empty, 1)
-        for button in (self.open_button, self.stop_button, self.delete_button):
+        for button in (
+            self.open_button,
+            self.export_run_button,
+            self.stop_button,
+            self.delete_button,
+        ):
             button.setEnabled(False)
             buttons.addWidget(button)
         layout = QVBoxLayout(box)
@@ -545,6 +572,9 @@ class RecipesPage(QWidget):
             and self.model_combo.currentData() is not None
             and not busy
         )
+        self.export_button.setEnabled(
+            entry is not None and self.model_combo.currentData() is not None
+        )
 
     def _open_catalog(self) -> None:
         if self._host is not None:
@@ -625,6 +655,66 @@ class RecipesPage(QWidget):
         if shiboken6.isValid(self):
             self.run_status.setText(f"{text}\n{log_tail}".strip())
 
+    # -- export ----------------------------------------------------------------------------------
+
+    @asyncSlot()
+    async def _on_export_clicked(self) -> None:
+        entry = self.current_recipe()
+        if entry is not None:
+            await self.export_recipe(
+                entry, self.model_combo.currentData(), self.embedding_combo.currentData()
+            )
+
+    @asyncSlot()
+    async def _on_export_run_clicked(self) -> None:
+        run = self.selected_run()
+        if run is not None:
+            await self.export_run(run)
+
+    async def export_recipe(
+        self, entry: RecipeEntry, model_id: str | None, embedding_id: str | None
+    ) -> ExportDialog:
+        """The Export dialog for `entry` with a downloaded model, on the GPU Run would use."""
+        plan = plan_passthrough(await asyncio.to_thread(detect_gpus, self.gpu_probe), "auto")
+        return self._open_export(entry, model_id, embedding_id, plan.passthrough.vendor, "")
+
+    async def export_run(self, run: RecipeRun) -> ExportDialog | None:
+        """The Export dialog for a running application: its recipe, model and GPU."""
+        entry = self.catalog.get(run.recipe_id)
+        if entry is None:
+            return None
+        model_id = _store_id(self.models, run.model)
+        embedding_id = _store_id(self.models, run.embedding_model)
+        note = f"As run {run.id} runs: model {run.model or 'unknown'}"
+        if run.gpu:
+            note += f" on {'the CPU' if run.gpu == 'none' else f'an {run.gpu.upper()} GPU'}."
+        else:
+            note += "; its GPU was not recorded (a run of an older Podlab): choose it."
+        if run.model and model_id is None:
+            note += " Its model is not in the model store any more: choose another."
+        return self._open_export(entry, model_id, embedding_id, run.gpu or "none", note)
+
+    def _open_export(
+        self,
+        entry: RecipeEntry,
+        model_id: str | None,
+        embedding_id: str | None,
+        gpu: str,
+        note: str,
+    ) -> ExportDialog:
+        source = RecipeExport(
+            self.lab,
+            entry,
+            _recommended_first(self.models, entry.recommended),
+            model_id=model_id,
+            embedding_models=_recommended_first(self.models, entry.recommended_embedding),
+            embedding_id=embedding_id,
+            gpu=gpu,
+            note=note,
+        )
+        self.export_dialog = open_export_dialog(source, self)
+        return self.export_dialog
+
     # -- running applications --------------------------------------------------------------------
 
     async def refresh_runs(self) -> None:
@@ -684,6 +774,9 @@ class RecipesPage(QWidget):
     def _update_run_actions(self) -> None:
         run = self.selected_run()
         self.open_button.setEnabled(run is not None and bool(run.app_url))
+        self.export_run_button.setEnabled(
+            run is not None and self.catalog.get(run.recipe_id) is not None
+        )
         self.stop_button.setEnabled(run is not None and run.state.value == "running")
         self.delete_button.setEnabled(run is not None)
 
@@ -724,6 +817,20 @@ def _recommended_first(
         models,
         key=lambda m: (order.get(m.catalog_id or "", len(order)), m.name.lower()),
     )
+
+
+def _store_id(models: list[StoredModel], ref: str) -> str | None:
+    """The store model a run names: by its store id (CLI runs) or its file name (the page's
+    runs resolve the model's file, whose name without .gguf becomes the reference)."""
+    if not ref:
+        return None
+    for model in models:
+        if model.id == ref:
+            return model.id
+    for model in models:
+        if model.path.name.removesuffix(".gguf") == ref:
+            return model.id
+    return None
 
 
 def create_page(lab: Lab, host: PageHost) -> QWidget:

@@ -4,7 +4,8 @@ A table (model/view over `InferenceService` objects of the shared `ServiceManage
 state, the model, the engine, what the server really got (GPU layers or CPU, read from its log)
 and the endpoint; below it the selected service's details: overview, live logs and client code
 to copy. "New service…" asks for a model and the serving options; starting, stopping,
-restarting and deleting run as tasks that the Tasks page shows. Only Podlab's own services are
+restarting and deleting run as tasks that the Tasks page shows; Export… opens the Export dialog
+for the selected service. Only Podlab's own services are
 listed (the manager finds them by their labels and records), never anyone else's containers.
 """
 
@@ -51,6 +52,7 @@ from podlab.core.serving.planning import ServeRequest
 from podlab.core.serving.services import ServiceEvent
 from podlab.core.tasks import Task
 from podlab.ui import background
+from podlab.ui.dialogs.export import ExportDialog, ServiceExport, open_export_dialog
 from podlab.ui.dialogs.new_service import NewServiceDialog
 from podlab.ui.download_bridge import bridge_for
 from podlab.ui.models.services_model import (
@@ -98,6 +100,8 @@ class ServicesPage(QWidget):
         """The dialog now open (tests fill and click it)."""
         self.last_task: Task | None = None
         """The task of the last action started from this page."""
+        self.export_dialog: ExportDialog | None = None
+        """The Export dialog last opened (tests fill and click it)."""
         self._first_load: asyncio.Task[None] | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._followed_id: str | None = None
@@ -175,6 +179,7 @@ class ServicesPage(QWidget):
         self.details.restart_button.clicked.connect(self._on_restart)
         self.details.delete_button.clicked.connect(self._on_delete)
         self.details.playground_button.clicked.connect(self.open_in_playground)
+        self.details.export_button.clicked.connect(self.export_selected)
         self.details.follow_check.toggled.connect(self._on_follow_toggled)
         self.bridge.sig_service_event.connect(self._on_service_event)
         if host is not None:
@@ -495,6 +500,14 @@ class ServicesPage(QWidget):
         if self._followed_id == service.id:
             self._stop_following()
         return self._action("delete")
+
+    def export_selected(self) -> ExportDialog | None:
+        """The Export dialog for the selected service, as it runs (its spec and GPU)."""
+        service = self.selected()
+        if service is None:
+            return None
+        self.export_dialog = open_export_dialog(ServiceExport(self._lab, service), self)
+        return self.export_dialog
 
     def open_in_playground(self) -> None:
         service = self.selected()

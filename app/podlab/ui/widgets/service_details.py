@@ -85,6 +85,11 @@ class ServiceDetails(QWidget):
         self.restart_button = QPushButton("Restart")
         self.delete_button = QPushButton("Delete…")
         self.playground_button = QPushButton("Open in Playground")
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip(
+            "Preview and write this service as a model image, Kubernetes YAML, KServe, Quadlet "
+            "or Compose"
+        )
         actions = QHBoxLayout()
         actions.addWidget(self.title, 1)
         for button in (
@@ -93,6 +98,7 @@ class ServiceDetails(QWidget):
             self.restart_button,
             self.delete_button,
             self.playground_button,
+            self.export_button,
         ):
             actions.addWidget(button)
 
@@ -153,6 +159,7 @@ class ServiceDetails(QWidget):
             self.restart_button,
             self.delete_button,
             self.playground_button,
+            self.export_button,
         ):
             button.setEnabled(False)
         if service is None:
@@ -168,6 +175,7 @@ class ServiceDetails(QWidget):
         self.restart_button.setEnabled(not busy)
         self.delete_button.setEnabled(not busy)
         self.playground_button.setEnabled(state == ServiceState.READY)
+        self.export_button.setEnabled(not busy)
         self._set_text(self.title, f"<b>{_escape(service.name)}</b> — {state.value}")
         self._set_text(self.overview, self._overview_html(service))
         by_key = {
