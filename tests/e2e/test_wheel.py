@@ -40,6 +40,7 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
         "podlab/resources/icons/hicolor/512x512/apps/io.github.podlab.Podlab.png",
     } <= names
     assert "podlab/recipes/model_servers/llamacpp_python/Containerfile" in names
+    assert "podlab/resources/promptsets/arithmetic.yaml" in names  # Evaluate's built-in sets
     for recipe in ("chatbot", "rag", "summarizer"):
         # The app's Streamlit settings (XSRF protection on) travel with it, hidden folder and all.
         assert f"podlab/recipes/{recipe}/app/.streamlit/config.toml" in names
@@ -61,10 +62,12 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
         "load = load_catalog(include_user_dir=False)\n"
         "cf = recipe_file('model_servers/llamacpp_python/Containerfile')\n"
         "recipes = load_recipe_catalog()\n"
+        "from podlab.core.eval.promptset import builtin_set_names, resolve_prompt_set\n"
+        "sets = {n: len(resolve_prompt_set(n).items) for n in builtin_set_names()}\n"
         "print(json.dumps({'file': podlab.__file__, 'models': len(load.catalog.models),\n"
         "  'errors': len(load.errors),\n"
         "  'containerfile': cf.is_file(), 'recipes': [r.id for r in recipes],\n"
-        "  'recipe_errors': [e.message for e in recipes.errors]}))\n"
+        "  'recipe_errors': [e.message for e in recipes.errors], 'sets': sets}))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(unpacked))
     result = subprocess.run(
@@ -77,6 +80,8 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
     assert facts["containerfile"] is True
     assert facts["recipes"] == ["chatbot", "rag", "summarizer"]
     assert facts["recipe_errors"] == []
+    assert {"arithmetic", "extract-json", "facts", "format"} <= set(facts["sets"])
+    assert all(count >= 5 for count in facts["sets"].values())
 
 
 def pip_cache() -> str:

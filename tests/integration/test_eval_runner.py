@@ -435,3 +435,27 @@ async def test_pause_then_resume_and_cancel_against_a_real_http_server(
     assert sorted(set(asked)) == sorted(prompts)
     assert len(asked) in (10, 11)
     assert store.cell(cell.id).status == "done"
+
+
+async def test_a_server_that_fails_every_request_fails_its_cell_after_three(
+    store: EvalStore, ten_items: PromptSet
+) -> None:
+    async with (
+        FaultServer(default_scenario="http_error") as failing,
+        FaultServer() as working,
+    ):
+        cells = [
+            CellSpec(failing.url, backend="endpoint"),
+            CellSpec(working.url, backend="endpoint"),
+        ]
+        run = store.create_run(new_run_config(ten_items, cells))
+        finished = await EvalRunner(store).run(run.id)
+        assert len(failing.chat_requests()) == 3
+    assert finished.status == "finished"
+    broken, fine = store.cells(run.id)
+    assert broken.status == "failed" and "3 items in a row" in broken.error
+    assert [r.status for r in store.items(broken.id)] == ["failed"] * 3
+    assert all(r.error for r in store.items(broken.id))
+    assert fine.status == "done" and len(store.items(fine.id)) == 10
+    failed_summary, _ = store.summary(run.id)
+    assert failed_summary.failed == 3 and failed_summary.quality.mean is None

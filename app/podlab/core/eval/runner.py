@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 DEFAULT_SEED = 42
 DEFAULT_MAX_TOKENS = 256
 MEMORY_INTERVAL_S = 0.5
+MAX_FAILURES_IN_A_ROW = 3
+"""Items in a row that get no answer from a server that still runs: the cell fails (a server
+that errors on everything would otherwise be asked the whole set)."""
 
 
 def new_run_config(
@@ -256,6 +259,7 @@ class EvalRunner:
                 sampler.start()
             measurement = await asyncio.to_thread(self.energy.measure)
             params = GenerationParams.from_dict(run.config.params)
+            failures = 0
             async with ChatClient(
                 served.base_url, served.api_key, read_timeout=run.config.item_timeout_s
             ) as client:
@@ -275,8 +279,13 @@ class EvalRunner:
                         record = await _scored(record, item, judge)
                     self.store.save_item(record)
                     done_ids.add(item.id)
-                    if record.status == "failed":
+                    failures = failures + 1 if record.status == "failed" else 0
+                    if failures:
                         await self._check_alive(served, record.error)
+                    if failures >= MAX_FAILURES_IN_A_ROW:
+                        raise CellFailed(
+                            f"{failures} items in a row got no answer; the last: {record.error}"
+                        )
         except CellFailed as exc:
             outcome = "cell-failed"
             self.store.update_cell(cell.id, status="failed", error=str(exc), finished=time.time())
@@ -317,6 +326,9 @@ class EvalRunner:
                 timeout=run.config.item_timeout_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+        except asyncio.CancelledError:  # the whole run was cancelled (its task)
+            asking.cancel()
+            raise
         finally:
             cancelled.cancel()
         if asking not in finished:
