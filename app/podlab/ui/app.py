@@ -114,6 +114,8 @@ def _run_gui(argv: list[str]) -> int:
         window.show()
         app.processEvents()
         if quit_before_loop:  # closed or signalled already: nothing to run
+            configure_logging(args.log_level, lab.locations)  # writes what was held
+            close_logging()
             return 0
     # The icon's SVG loads the image plugin; the window manager takes it after the first paint.
     app.setWindowIcon(window_icon())

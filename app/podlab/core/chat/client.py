@@ -477,7 +477,6 @@ class _TokenTemplate:
 
     def take(self, text: str) -> tuple[list[str], int]:
         """The token texts of the template events `text` starts with, and where they end."""
-        assert self._run is not None and self._event is not None
         head, tail = self.head, self.tail
         if text.startswith(head) and text.endswith(tail):
             token = text[len(head) : -len(tail)]
@@ -496,6 +495,12 @@ class _TokenTemplate:
             ):
                 self.learned = 0
                 return pieces, len(text)
+        if self._run is None or self._event is None:
+            # Compiled only when a read mixes template events with others: compiling costs
+            # milliseconds, which a fresh stream's first tokens would otherwise wait for.
+            line = re.escape(head), re.escape(tail)
+            self._event = re.compile(f"{line[0]}({_PLAIN_TEXT}){line[1]}")
+            self._run = re.compile(f"(?:{line[0]}{_PLAIN_TEXT}{line[1]})+")
         run = self._run.match(text)
         if run is None:
             return [], 0
@@ -509,11 +514,7 @@ class _TokenTemplate:
         if (
             self.learned >= self.MAX_LEARNED
             or event_name != "message"
-            or (
-                self._run is not None
-                and data.startswith(self._prefix)
-                and data.endswith(self._suffix)
-            )
+            or (self.ready and data.startswith(self._prefix) and data.endswith(self._suffix))
             or "\n" in data
             or not _plain(token)
         ):
@@ -544,9 +545,7 @@ class _TokenTemplate:
             return
         self.head, self.tail = "data: " + prefix, suffix + "\n\n"
         self._sep = self.tail + self.head
-        line = re.escape(self.head), re.escape(self.tail)
-        self._event = re.compile(f"{line[0]}({_PLAIN_TEXT}){line[1]}")
-        self._run = re.compile(f"(?:{line[0]}{_PLAIN_TEXT}{line[1]})+")
+        self._event = self._run = None  # see take()
         self._prefix, self._suffix = prefix, suffix
         self.learned += 1
         self.ready = True
