@@ -313,7 +313,9 @@ def test_rag_in_a_pod_answers_from_an_uploaded_document_in_the_browser(
     assert pods == [] and containers == []
 
 
-SUMMARIZER_CONTEXT = 1024  # small, so a text several times the context stays quick to process
+# Small, so a text several times the context stays quick to process; not smaller, since every
+# chunk costs a summary of up to 256 tokens (the app's default) and fewer chunks cost less.
+SUMMARIZER_CONTEXT = 1536
 
 
 def test_summarizer_in_a_pod_summarizes_a_text_several_times_the_context(
@@ -323,7 +325,7 @@ def test_summarizer_in_a_pod_summarizes_a_text_several_times_the_context(
     entry = load_recipe(RECIPES / "summarizer")
     run, _events = runners.run(RunRequest(entry, smollm2_model, gpu="none"))
     model_url = f"http://127.0.0.1:{run.ports['llamacpp-server']}"
-    text = long_text(48)
+    text = long_text(64)
     key = runners.call(lambda runner: _app_env(runner, run, "summarizer-app"))[
         "MODEL_ENDPOINT_BEARER"
     ]
@@ -349,8 +351,11 @@ def test_summarizer_in_a_pod_summarizes_a_text_several_times_the_context(
     planned = page.get_by_text(re.compile(r"\d+ characters in \d+ chunks"))
     planned.wait_for(timeout=120_000)
     chunks = int(re.search(r"in (\d+) chunks", planned.inner_text()).group(1))  # type: ignore[union-attr]
-    # The app learnt the server's context from the runner: chunks fit that, not a default.
     assert chunks >= len(tokens) // SUMMARIZER_CONTEXT
+    # The app learnt the server's context from the runner: its chunks fit in it (its default
+    # of 2048 would make chunks the server refuses).
+    budget = int(re.search(r"at most (\d+) tokens", planned.inner_text()).group(1))  # type: ignore[union-attr]
+    assert budget < SUMMARIZER_CONTEXT
     processed_counts: set[int] = set()
     summary_box = page.locator(".st-key-summary")
     failed = page.get_by_text("No summary")
