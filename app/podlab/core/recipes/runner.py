@@ -13,7 +13,8 @@ is built the same way as there.
 Every container gets the security defaults of services (`ContainerSpec`: all capabilities
 dropped, no-new-privileges, an init); the pod publishes each container port on 127.0.0.1 on a
 free host port. Readiness is checked over HTTP from Podlab, never with a tool in the image.
-A failed or cancelled start removes the pod, its containers and any image tag it was building.
+A failed or cancelled start removes the pod, its containers and the image (tag and layers) it
+was building.
 """
 
 from __future__ import annotations
