@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import shutil
 import socket
 import time
 import uuid
@@ -670,4 +671,32 @@ async def test_services_start_without_catatonit_and_doctor_says_how_to_get_it(
     assert attrs["State"]["Running"] is True
     assert any("catatonit is missing" in line and "apt-get install catatonit" in line
                for line in progress)  # fmt: skip
+    await service_manager.delete(service)
+
+
+async def test_a_model_only_its_owner_can_read_is_refused_with_the_fix(
+    service_manager: ServiceManager,
+    model_server_image: str,
+    smollm2_model: Path,
+    tmp_path: Path,
+    podman_client: Any,
+) -> None:
+    """Podlab's image runs its server as user 1001, which cannot read a bind-mounted file of
+    mode 0600: before, the container exited with code 2 and no word why. Now nothing is
+    created and the error names the file and the chmod that mends it."""
+    private = tmp_path / "private model.gguf"
+    shutil.copyfile(smollm2_model, private)
+    private.chmod(0o600)
+    before = {c.id for c in podman_client.containers.list(all=True)}
+    request = ServeRequest(private, options=ServiceOptions(image=model_server_image, ctx_size=2048))
+    with pytest.raises(PodlabError) as refused:
+        await service_manager.serve(request)
+    assert f"{private} can be read by its owner only (mode 0600)" in refused.value.message
+    assert "user (1001)" in refused.value.message
+    assert refused.value.hint is not None
+    assert f"chmod a+r '{private}'" in refused.value.hint
+    assert {c.id for c in podman_client.containers.list(all=True)} == before
+    private.chmod(0o644)  # the fix the hint gives is enough
+    service = await service_manager.serve(request)
+    assert service.state == ServiceState.READY
     await service_manager.delete(service)

@@ -51,7 +51,12 @@ from podlab.core.serving.engine import HOST_CA_BUNDLE, Engine, PullPolicy
 from podlab.core.serving.gpu.detect import detect_gpus
 from podlab.core.serving.gpu.host import HostProbe
 from podlab.core.serving.gpu.passthrough import PassthroughPlan, plan_passthrough
-from podlab.core.serving.planning import ResolvedModel, choose_port, resolve_model
+from podlab.core.serving.planning import (
+    ResolvedModel,
+    choose_port,
+    require_model_readable,
+    resolve_model,
+)
 from podlab.core.settings import Settings
 
 LABEL_RUN = "podlab.recipe-run"
@@ -246,6 +251,14 @@ class RecipeRunner:
             images = {
                 c.name: await self._image_for(entry.id, c, built_tags) for c in spec.containers
             }
+            served = {
+                ContainerRole.MODEL_SERVICE: model,
+                ContainerRole.EMBEDDING_SERVICE: embedding,
+            }
+            for container in spec.containers:
+                resolved = served.get(container.role)
+                if resolved is not None:
+                    await require_model_readable(self.engine, images[container.name], resolved.path)
             run.state = RunState.STARTING
             self._emit("state", RunState.STARTING.value)
             await self._start_pod(run, request, images, model, embedding, plan)

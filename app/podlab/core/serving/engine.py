@@ -544,21 +544,8 @@ class Engine:
         client = self.client()
         return bool(await self.call(client.images.exists, ref))
 
-    async def image_labels(self, ref: str) -> dict[str, str]:
-        """Labels of a local image ({} when the image is not there)."""
-        async with self._http() as http:
-            response = await http.get(
-                f"{API_PREFIX}/images/{urllib.parse.quote(ref, safe='')}/json"
-            )
-            if response.status_code != 200:
-                return {}
-            data = response.json()
-        labels = data.get("Labels") or (data.get("Config") or {}).get("Labels") or {}
-        return {str(k): str(v) for k, v in labels.items()}
-
-    async def image_digest(self, ref: str) -> str | None:
-        """The digest of a local image (its manifest digest when pulled, else its id), so a
-        result can say exactly which server build produced it; None when it is not there."""
+    async def _image_inspect(self, ref: str) -> dict[str, Any] | None:
+        """Podman's description of a local image, or None when it is not there."""
         async with self._http() as http:
             response = await http.get(
                 f"{API_PREFIX}/images/{urllib.parse.quote(ref, safe='')}/json"
@@ -566,8 +553,27 @@ class Engine:
             if response.status_code != 200:
                 return None
             data = response.json()
+        return data if isinstance(data, dict) else None
+
+    async def image_labels(self, ref: str) -> dict[str, str]:
+        """Labels of a local image ({} when the image is not there)."""
+        data = await self._image_inspect(ref) or {}
+        labels = data.get("Labels") or (data.get("Config") or {}).get("Labels") or {}
+        return {str(k): str(v) for k, v in labels.items()}
+
+    async def image_digest(self, ref: str) -> str | None:
+        """The digest of a local image (its manifest digest when pulled, else its id), so a
+        result can say exactly which server build produced it; None when it is not there."""
+        data = await self._image_inspect(ref) or {}
         digest = data.get("Digest") or data.get("Id")
         return str(digest) if digest else None
+
+    async def image_user(self, ref: str) -> str | None:
+        """The user a local image runs as ("" for root by default); None when it is not there."""
+        data = await self._image_inspect(ref)
+        if data is None:
+            return None
+        return str((data.get("Config") or {}).get("User") or data.get("User") or "")
 
     async def pull(self, ref: str) -> AsyncIterator[str]:
         """Pull an image, yielding Podman's progress lines; PodlabError when it fails."""

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import re
 import secrets
+import shlex
 import socket
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -101,6 +103,36 @@ class PreparedService:
     """The command line for the local engine."""
     api_key: str | None = field(default=None, repr=False)
     """The bearer key the server will require (None when the setting require_api_key is off)."""
+
+
+ROOT_USERS = ("", "0", "root", "0:0", "root:root")
+
+
+async def require_model_readable(engine: Engine, image: str, model: Path) -> None:
+    """Refuse, with the fix, a model that the image's server could not read.
+
+    The model is bind-mounted with its host mode. An image that runs as a non-root user (as
+    Podlab's own does) cannot read a file that only its owner may read, under rootful and
+    rootless Podman alike, and the server would exit with a bare error code. An image that runs
+    as root, or one not pulled yet (its user is unknown), is not checked.
+    """
+    user = await engine.image_user(image)
+    if user is None or user in ROOT_USERS:
+        return
+    files = await asyncio.to_thread(_files_of, model)
+    for file in files:
+        mode = file.stat().st_mode
+        if not mode & stat.S_IROTH:
+            raise PodlabError(
+                f"{file} can be read by its owner only (mode {stat.S_IMODE(mode):04o}), and "
+                f"the model server in the container runs as another user ({user})",
+                hint=f"make it readable: chmod a+r {shlex.quote(str(file))}"
+                " (or serve it with the local engine)",
+            )
+
+
+def _files_of(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
 
 
 def resolve_model(ref: str | Path, settings: Settings | None = None) -> ResolvedModel:
@@ -296,6 +328,7 @@ class Planner:
             name=request.name,
             require_api_key=self.settings.require_api_key,
         )
+        await require_model_readable(self.engine, spec.image, resolved.path)
         return PreparedService(
             service_id=service_id,
             name=spec.name or service_id,
