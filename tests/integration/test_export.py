@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import os
 import secrets
@@ -255,7 +256,9 @@ def test_image_digests_pin_registry_images_that_podman_holds(
         finally:
             await engine.aclose()
 
-    found = asyncio.run(lookup())
+    # In a thread of its own: the module's Playwright page keeps a loop running on this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        found = pool.submit(asyncio.run, lookup()).result()
     inspected = subprocess.run(
         ["podman", "image", "inspect", base_image, "--format", "{{json .RepoDigests}}"],
         env=local_podman_env(podman_service), capture_output=True, text=True, check=True,
