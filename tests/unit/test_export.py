@@ -618,7 +618,7 @@ def test_a_service_with_a_hostile_name_gets_valid_names_and_no_key_in_any_file(
                 names += [v["name"] for v in spec.get("volumes", [])]
                 for container in every_container(spec):
                     for entry in container.get("env", []):
-                        if "valueFrom" in entry:
+                        if "secretKeyRef" in entry.get("valueFrom", {}):
                             names.append(entry["valueFrom"]["secretKeyRef"]["name"])
             if document["kind"] == "Service":
                 for port in document["spec"]["ports"]:
@@ -777,3 +777,29 @@ def test_registry_images_are_pinned_by_digest_and_local_builds_keep_their_tag(
     files = export_of("chatbot", smollm2, settings, image_digests=local)
     [pod] = kube_documents(files["kube/pod.yaml"])
     assert pod["spec"]["containers"][0]["image"] == PODLAB_SERVER_IMAGE
+
+
+def test_the_deployment_lets_the_guard_answer_to_its_service_names(
+    smollm2: ResolvedModel, settings: Settings
+) -> None:
+    """On a cluster clients reach the model server by its Service's names, which the guard
+    would refuse as foreign hosts: the Deployment lists them, with the namespace from the
+    downward API defined before the variable that expands it. pod.yaml needs no such names."""
+    files = export_of("chatbot", smollm2, settings)
+    deployment, service = kube_documents(files["kube/deployment.yaml"])
+    name = service["metadata"]["name"]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    server = next(c for c in containers if c["name"] == "llamacpp-server")
+    env = [item["name"] for item in server["env"]]
+    assert env.index("POD_NAMESPACE") < env.index("PODLAB_ALLOWED_HOSTS")
+    allowed = next(i["value"] for i in server["env"] if i["name"] == "PODLAB_ALLOWED_HOSTS")
+    assert allowed.split(",") == [
+        name,
+        f"{name}.$(POD_NAMESPACE)",
+        f"{name}.$(POD_NAMESPACE).svc",
+        f"{name}.$(POD_NAMESPACE).svc.cluster.local",
+    ]
+    app = next(c for c in containers if c["name"] != "llamacpp-server")
+    assert "PODLAB_ALLOWED_HOSTS" not in [item["name"] for item in app.get("env", [])]
+    [pod] = kube_documents(files["kube/pod.yaml"])
+    assert "PODLAB_ALLOWED_HOSTS" not in files["kube/pod.yaml"], pod["metadata"]["name"]

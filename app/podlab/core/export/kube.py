@@ -240,11 +240,28 @@ def pod_document(plan: ExportPlan) -> dict[str, Any]:
     }
 
 
+def service_host_names(service: str) -> list[dict[str, Any]]:
+    """The guarded server answers only requests addressed to localhost: on a cluster, clients
+    call it by its Service's names, which this lists in PODLAB_ALLOWED_HOSTS (the namespace
+    from the downward API, expanded by Kubernetes in the variable that follows it)."""
+    names = [
+        service,
+        f"{service}.$(POD_NAMESPACE)",
+        f"{service}.$(POD_NAMESPACE).svc",
+        f"{service}.$(POD_NAMESPACE).svc.cluster.local",
+    ]
+    return [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "PODLAB_ALLOWED_HOSTS", "value": ",".join(names)},
+    ]
+
+
 def deployment_documents(plan: ExportPlan) -> list[dict[str, Any]]:
     """A Deployment (one replica; Recreate, so a GPU is never asked for twice) and a
     ClusterIP Service for every published port."""
     labels = _labels(plan)
-    deployment = {
+    template_spec = pod_spec(plan, host_ports=False)
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": plan.name, "labels": labels, "annotations": dict(plan.annotations)},
@@ -254,7 +271,7 @@ def deployment_documents(plan: ExportPlan) -> list[dict[str, Any]]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels, "annotations": dict(plan.annotations)},
-                "spec": pod_spec(plan, host_ports=False),
+                "spec": template_spec,
             },
         },
     }
@@ -265,6 +282,9 @@ def deployment_documents(plan: ExportPlan) -> list[dict[str, Any]]:
     ]
     documents: list[dict[str, Any]] = [deployment]
     if ports:
+        for part, item in zip(plan.parts, template_spec["containers"], strict=True):
+            if part.server_kind == "llama-cpp-python" and part.ports:
+                item.setdefault("env", []).extend(service_host_names(plan.name))
         documents.append(
             {
                 "apiVersion": "v1",
@@ -335,9 +355,10 @@ With Podman (`podman kube play` reads a Podman secret holding the Secret's data 
     podman kube play pod.yaml
 
 {where}Call the model server with `Authorization: Bearer $KEY`. It answers only requests
-addressed to localhost (its guard against DNS rebinding): on a cluster use
-`kubectl port-forward deployment/{plan.name} PORT`, or list the names it may be reached by in
-its `PODLAB_ALLOWED_HOSTS` variable (comma-separated).
+addressed to localhost (its guard against DNS rebinding), and, in `deployment.yaml`, to the
+Service's names (`{plan.name}`, `{plan.name}.NAMESPACE`, `….svc`, `….svc.cluster.local`, listed
+in its `PODLAB_ALLOWED_HOSTS` variable, comma-separated): add any other name, such as an
+Ingress host, there. `kubectl port-forward deployment/{plan.name} PORT` works as it is.
 
 ## Remove
 
