@@ -271,7 +271,9 @@ def test_start_podman_service_asks_first_then_starts_the_real_service(
     page = window.page("dashboard")
     assert isinstance(page, DashboardPage)
     engine = Engine(window.lab.settings, system_socket=str(tmp_path / "no-rootful.sock"))
-    page._engine = engine  # no rootful socket of this machine may answer instead
+    # The page's engine is the Lab's: this one sees no rootful socket of this machine, and the
+    # test stops the service it starts.
+    window.lab.engine = engine
     try:
         open_dashboard(window, qtbot)
         assert page.engine_card.chip.text() == "Not running"
