@@ -91,7 +91,7 @@ EVAL_SERVICE_PREFIX = "podlab-eval-"
 """Services the runner starts for its cells: never offered as models to evaluate."""
 FORMAT_NAMES = {"csv": "CSV", "json": "JSON", "md": "Markdown"}
 RESUMABLE = ("paused", "cancelled", "failed")
-ANSWER_COLUMNS = ("Item", "Prompt", "Score", "Answer", "Score", "Answer")
+ANSWER_COLUMNS = ("Item", "Prompt", "Left score", "Left answer", "Right score", "Right answer")
 EARLIER_COLUMNS = ("Cell", "Earlier", "This run", "Change", "")
 ERROR_STYLE = "QLabel { color: #c0392b; }"
 DROP_COLOUR = "#c0392b"
