@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from podlab import __version__
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 DEFAULT_SEED = 42
 DEFAULT_MAX_TOKENS = 256
 MEMORY_INTERVAL_S = 0.5
+MAX_FAILURES_IN_A_ROW = 3
+"""Items in a row that get no answer from a server that still runs: the cell fails (a server
+that errors on everything would otherwise be asked the whole set)."""
 
 
 def new_run_config(
@@ -250,11 +254,12 @@ class EvalRunner:
                 model_sha256=served.model_sha256,
                 image_digest=served.image_digest,
             )
-            sampler = MemorySampler.for_served(self.services, served, self.memory_interval_s)
+            sampler = await MemorySampler.for_served(self.services, served, self.memory_interval_s)
             if sampler is not None:
                 sampler.start()
             measurement = await asyncio.to_thread(self.energy.measure)
             params = GenerationParams.from_dict(run.config.params)
+            failures = 0
             async with ChatClient(
                 served.base_url, served.api_key, read_timeout=run.config.item_timeout_s
             ) as client:
@@ -274,8 +279,13 @@ class EvalRunner:
                         record = await _scored(record, item, judge)
                     self.store.save_item(record)
                     done_ids.add(item.id)
-                    if record.status == "failed":
+                    failures = failures + 1 if record.status == "failed" else 0
+                    if failures:
                         await self._check_alive(served, record.error)
+                    if failures >= MAX_FAILURES_IN_A_ROW:
+                        raise CellFailed(
+                            f"{failures} items in a row got no answer; the last: {record.error}"
+                        )
         except CellFailed as exc:
             outcome = "cell-failed"
             self.store.update_cell(cell.id, status="failed", error=str(exc), finished=time.time())
@@ -316,6 +326,9 @@ class EvalRunner:
                 timeout=run.config.item_timeout_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+        except asyncio.CancelledError:  # the whole run was cancelled (its task)
+            asking.cancel()
+            raise
         finally:
             cancelled.cancel()
         if asking not in finished:
@@ -526,6 +539,30 @@ def process_tree_rss(pid: int) -> int | None:
         return None
 
 
+def _rss_reader(pid: int) -> Callable[[], Any]:
+    async def read() -> int | None:
+        return await asyncio.to_thread(process_tree_rss, pid)
+
+    return read
+
+
+async def _local_container_pid(services: ServiceManager, container: str) -> int | None:
+    """The host pid of a container's first process when it runs on this machine: the pid's
+    cgroup names the container (a remote Podman's or a VM's pids are not ours)."""
+    try:
+        state = await services.engine.container_state(container)
+    except (PodlabError, httpx.HTTPError):
+        return None
+    pid = (state or {}).get("Pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        cgroups = await asyncio.to_thread(Path(f"/proc/{pid}/cgroup").read_text)
+    except OSError:
+        return None
+    return pid if container in cgroups else None
+
+
 class MemorySampler:
     """Samples a server's memory in the background and keeps the peak."""
 
@@ -540,9 +577,13 @@ class MemorySampler:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def for_served(
-        cls, services: ServiceManager, served: ServedCell, interval_s: float
+    async def for_served(
+        cls, services: ServiceManager, served: ServedCell, interval_s: float = MEMORY_INTERVAL_S
     ) -> MemorySampler | None:
+        """The local engine: RSS of the server's process tree. Podman: the same for the
+        container's processes when they run on this machine (seen in /proc), else container
+        statistics. RSS counts the model's weights mapped from the file; a container's memory
+        cgroup misses the pages of a model file another process read first."""
         service = served.service
         if service is None:
             return None  # an endpoint: not Podlab's process
@@ -550,18 +591,18 @@ class MemorySampler:
             pid = service.pid
             if pid is None:
                 return None
+            return cls(_rss_reader(pid), "process RSS", interval_s)
+        container = service.container_id or service.id
+        pid = await _local_container_pid(services, container)
+        if pid is not None:
+            return cls(_rss_reader(pid), "container process RSS", interval_s)
 
-            async def read_local() -> int | None:
-                return await asyncio.to_thread(process_tree_rss, pid)
-
-            return cls(read_local, "process RSS", interval_s)
-
-        async def read_container() -> int | None:
-            stats = await services.engine.container_stats(service.container_id or service.id)
+        async def read_stats() -> int | None:
+            stats = await services.engine.container_stats(container)
             value = stats.get("memory_bytes")
             return int(value) if value else None
 
-        return cls(read_container, "container stats", interval_s)
+        return cls(read_stats, "container stats", interval_s)
 
     async def sample(self) -> int | None:
         """One reading now (also taken by the background loop)."""

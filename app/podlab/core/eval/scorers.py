@@ -227,15 +227,19 @@ Answer:
 
 Reply with exactly one word: PASS or FAIL."""
 
-_VERDICT_WORD = re.compile(r"\b(TIE|PASS|FAIL|A|B)\b")
+_VERDICT_WORD = re.compile(r"(TIE|PASS|FAIL|A|B)\b[\s.!*\"')]*(?:\n|$)")
+_VERDICT_PHRASE = re.compile(
+    r"\b(?:THE ANSWER IS|VERDICT IS|VERDICT:|ANSWER:)\s*\**[\"']?(TIE|PASS|FAIL|A|B)\b"
+)
 
 
 def parse_verdict(text: str, allowed: Sequence[str]) -> str | None:
-    """The verdict word of a judge's reply, or None: the reply must start with one allowed
-    word (after quotes, stars or a "Verdict:" label), so a sentence is never misread."""
+    """The verdict word of a judge's reply, or None. The reply must say "the answer is X" /
+    "verdict: X", or be the word alone on its first line (after quotes, stars or a label), so
+    a sentence that merely starts with "A" is never misread as a verdict."""
     cleaned = text.strip().lstrip("*\"'`# ").upper()
     cleaned = re.sub(r"^(VERDICT|ANSWER|FINAL ANSWER)\s*[:\-]\s*\**", "", cleaned)
-    matched = _VERDICT_WORD.match(cleaned)
+    matched = _VERDICT_PHRASE.search(cleaned) or _VERDICT_WORD.match(cleaned)
     if matched and matched.group(1) in allowed:
         return matched.group(1)
     return None
@@ -249,7 +253,7 @@ class JudgeConfig:
     model: str | None = None
     pairwise_template: str = PAIRWISE_TEMPLATE
     single_template: str = SINGLE_TEMPLATE
-    max_tokens: int = 8
+    max_tokens: int = 16
     seed: int = 0
     api_key: str | None = field(default=None, repr=False)
 
@@ -271,7 +275,7 @@ class JudgeConfig:
             model=data.get("model"),
             pairwise_template=str(data.get("pairwise_template") or PAIRWISE_TEMPLATE),
             single_template=str(data.get("single_template") or SINGLE_TEMPLATE),
-            max_tokens=int(data.get("max_tokens") or 8),
+            max_tokens=int(data.get("max_tokens") or 16),
             seed=int(data.get("seed") or 0),
         )
 
