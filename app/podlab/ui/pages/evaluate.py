@@ -751,9 +751,9 @@ class EvaluatePage(QWidget):
         self.progress.setValue(0)
         self.progress.show()
         self.show_run_status(f"Run {run.id}: starting…")
-        self.run_task = self.lab.tasks.start(
-            f"Evaluate {run.set_name} ({len(run.config.cells)} cells)", TASK_KIND, work
-        )
+        cells = len(run.config.cells)
+        name = f"Evaluate {run.set_name} ({cells} cell{'s' if cells != 1 else ''})"
+        self.run_task = self.lab.tasks.start(name, TASK_KIND, work)
         self._update_buttons()
         background.start(self.refresh_runs(select=run.id), "list the evaluations")
         return self.run_task
