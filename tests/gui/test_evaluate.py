@@ -296,8 +296,8 @@ def start_from_page(qtbot: Any, page: EvaluatePage, folder: Path) -> Any:
     small = folder / "small.yaml"
     small.write_text(SMALL_SET, encoding="utf-8")
     assert wait_for(qtbot, page.choose_set(small)) is not None
-    (label,) = [choice.label for choice in page.choices if choice.model is not None]
-    page.check_models([label])
+    (key,) = [choice.key for choice in page.choices if choice.model is not None]
+    page.check_models([key])
     page.ctx_edit.setText("1024")
     page.max_tokens.setValue(6)
     assert page.run_button.isEnabled()

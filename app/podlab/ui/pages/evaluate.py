@@ -91,7 +91,7 @@ EVAL_SERVICE_PREFIX = "podlab-eval-"
 """Services the runner starts for its cells: never offered as models to evaluate."""
 FORMAT_NAMES = {"csv": "CSV", "json": "JSON", "md": "Markdown"}
 RESUMABLE = ("paused", "cancelled", "failed")
-ANSWER_COLUMNS = ("Item", "Prompt", "Score", "Answer", "Score", "Answer")
+ANSWER_COLUMNS = ("Item", "Prompt", "Left score", "Left answer", "Right score", "Right answer")
 EARLIER_COLUMNS = ("Cell", "Earlier", "This run", "Change", "")
 ERROR_STYLE = "QLabel { color: #c0392b; }"
 DROP_COLOUR = "#c0392b"
@@ -158,6 +158,13 @@ class ModelChoice:
     model: StoredModel | None = None
     service: InferenceService | None = None
 
+    @property
+    def key(self) -> str:
+        """What stays the same across refreshes (two models may share a name)."""
+        if self.model is not None:
+            return f"model:{self.model.id}"
+        return f"service:{self.service.id if self.service is not None else ''}"
+
 
 class EvaluatePage(QWidget):
     """See the module doc."""
@@ -176,7 +183,6 @@ class EvaluatePage(QWidget):
         self.store: EvalStore | None = None
         self.store_problem = ""
         self.prompt_set: PromptSet | None = None
-        self.opened_sets: dict[str, Path] = {}
         self.choices: list[ModelChoice] = []
         self.services: list[InferenceService] = []
         self.runs: list[RunRecord] = []
@@ -533,7 +539,7 @@ class EvaluatePage(QWidget):
             if s.state is ServiceState.READY and not s.name.startswith(EVAL_SERVICE_PREFIX)
         ]
         self.services = ready
-        checked = set(self.checked_labels())
+        checked = set(self.checked_keys())
         self.choices = [ModelChoice(m.name, model=m) for m in models if m.usable]
         self.choices += [ModelChoice(f"{s.name} (running service)", service=s) for s in ready]
         self.model_list.blockSignals(True)
@@ -541,7 +547,7 @@ class EvaluatePage(QWidget):
         for choice in self.choices:
             item = QListWidgetItem(choice.label)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            state = choice.label in checked
+            state = choice.key in checked
             item.setCheckState(Qt.CheckState.Checked if state else Qt.CheckState.Unchecked)
             if choice.model is not None:
                 item.setToolTip(str(choice.model.path))
@@ -586,7 +592,6 @@ class EvaluatePage(QWidget):
         key = str(name_or_path)
         if isinstance(name_or_path, Path) or key not in builtin_set_names():
             path = Path(name_or_path)
-            self.opened_sets[str(path)] = path
             if self.set_combo.findData(str(path)) < 0:
                 self.set_combo.addItem(f"{chosen.name} ({path.name})", str(path))
         self.set_combo.blockSignals(True)
@@ -618,19 +623,25 @@ class EvaluatePage(QWidget):
 
     # -- what to run -------------------------------------------------------------------------
 
-    def checked_labels(self) -> list[str]:
+    def checked_choices(self) -> list[ModelChoice]:
+        """The ticked models, in the list's order (rows follow `choices`)."""
         return [
-            self.model_list.item(row).text()
-            for row in range(self.model_list.count())
-            if self.model_list.item(row).checkState() == Qt.CheckState.Checked
+            choice
+            for row, choice in enumerate(self.choices)
+            if row < self.model_list.count()
+            and self.model_list.item(row).checkState() == Qt.CheckState.Checked
         ]
 
-    def check_models(self, labels: list[str]) -> None:
-        """Tick exactly the models listed under these labels."""
-        for row in range(self.model_list.count()):
-            item = self.model_list.item(row)
-            state = item.text() in labels
-            item.setCheckState(Qt.CheckState.Checked if state else Qt.CheckState.Unchecked)
+    def checked_keys(self) -> list[str]:
+        return [choice.key for choice in self.checked_choices()]
+
+    def check_models(self, keys: list[str]) -> None:
+        """Tick exactly the models with these keys (`ModelChoice.key`)."""
+        for row, choice in enumerate(self.choices):
+            state = choice.key in keys
+            self.model_list.item(row).setCheckState(
+                Qt.CheckState.Checked if state else Qt.CheckState.Unchecked
+            )
 
     def cell_specs(self) -> tuple[list[CellSpec], dict[str, str]]:
         """The matrix the form describes (checked models x quantizations x context sizes) and
@@ -645,12 +656,9 @@ class EvaluatePage(QWidget):
             )
         sizes: list[int | None] = [int(text) for text in ctx_texts] or [None]
         backend: Backend = "podman" if self.backend_combo.currentData() == "podman" else "local"
-        checked = set(self.checked_labels())
         cells: list[CellSpec] = []
         keys: dict[str, str] = {}
-        for choice in self.choices:
-            if choice.label not in checked:
-                continue
+        for choice in self.checked_choices():
             if choice.service is not None:
                 cells.append(CellSpec(choice.service.endpoint, backend="endpoint"))
                 if choice.service.api_key:
@@ -743,9 +751,9 @@ class EvaluatePage(QWidget):
         self.progress.setValue(0)
         self.progress.show()
         self.show_run_status(f"Run {run.id}: starting…")
-        self.run_task = self.lab.tasks.start(
-            f"Evaluate {run.set_name} ({len(run.config.cells)} cells)", TASK_KIND, work
-        )
+        cells = len(run.config.cells)
+        name = f"Evaluate {run.set_name} ({cells} cell{'s' if cells != 1 else ''})"
+        self.run_task = self.lab.tasks.start(name, TASK_KIND, work)
         self._update_buttons()
         background.start(self.refresh_runs(select=run.id), "list the evaluations")
         return self.run_task
@@ -801,7 +809,7 @@ class EvaluatePage(QWidget):
             not busy
             and self.store is not None
             and self.prompt_set is not None
-            and bool(self.checked_labels())
+            and bool(self.checked_choices())
         )
         self.pause_button.setEnabled(busy)
         self.cancel_button.setEnabled(busy)
@@ -1127,7 +1135,8 @@ class EvaluatePage(QWidget):
         return False
 
     def shutdown(self) -> None:
-        """The window closes: a run in progress is left paused-at-kill (it resumes later)."""
+        """The window closes: a run in progress stops and is stored as cancelled (Resume goes
+        on with it at the next start)."""
         if self._closed:
             return
         self._closed = True
