@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from podlab.core.chat.client import ChatClient, GenerationParams  # noqa: E402
-from podlab.core.eval.promptset import PromptSet, load_prompt_set  # noqa: E402
-from podlab.core.eval.results import CellSpec  # noqa: E402
-from podlab.core.eval.runner import EvalRunner, new_run_config  # noqa: E402
-from podlab.core.eval.store import EvalStore  # noqa: E402
+from podlab.core.evaluate.promptset import PromptSet, load_prompt_set  # noqa: E402
+from podlab.core.evaluate.results import CellSpec  # noqa: E402
+from podlab.core.evaluate.runner import EvalRunner, new_run_config  # noqa: E402
+from podlab.core.evaluate.store import EvalStore  # noqa: E402
 from results_file import add_json_option, write_results  # noqa: E402
 
 SPEED_TARGET = 0.97

@@ -62,7 +62,7 @@ def test_wheel_ships_resources_and_runs_from_an_unpacked_copy(tmp_path: Path) ->
         "load = load_catalog(include_user_dir=False)\n"
         "cf = recipe_file('model_servers/llamacpp_python/Containerfile')\n"
         "recipes = load_recipe_catalog()\n"
-        "from podlab.core.eval.promptset import builtin_set_names, resolve_prompt_set\n"
+        "from podlab.core.evaluate.promptset import builtin_set_names, resolve_prompt_set\n"
         "sets = {n: len(resolve_prompt_set(n).items) for n in builtin_set_names()}\n"
         "print(json.dumps({'file': podlab.__file__, 'models': len(load.catalog.models),\n"
         "  'errors': len(load.errors),\n"

@@ -22,11 +22,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog, QLineEdit
 
 from podlab.core.chat.client import GenerationParams
-from podlab.core.eval.promptset import PromptSet, load_prompt_set
-from podlab.core.eval.report import compare_runs, export_run
-from podlab.core.eval.results import CellSpec, ItemRecord, RunRecord
-from podlab.core.eval.runner import EvalRunner, RunProgress, new_run_config
-from podlab.core.eval.store import EvalStore
+from podlab.core.evaluate.promptset import PromptSet, load_prompt_set
+from podlab.core.evaluate.report import compare_runs, export_run
+from podlab.core.evaluate.results import CellSpec, ItemRecord, RunRecord
+from podlab.core.evaluate.runner import EvalRunner, RunProgress, new_run_config
+from podlab.core.evaluate.store import EvalStore
 from podlab.core.lab import Lab
 from podlab.core.tasks import TaskState
 from podlab.ui.download_bridge import bridge_for

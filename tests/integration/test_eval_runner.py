@@ -22,17 +22,17 @@ import psutil
 import pytest
 
 from podlab.core.chat.client import GenerationParams
-from podlab.core.eval.promptset import PromptSet, load_prompt_set
-from podlab.core.eval.results import CellSpec
-from podlab.core.eval.runner import (
+from podlab.core.evaluate.promptset import PromptSet, load_prompt_set
+from podlab.core.evaluate.results import CellSpec
+from podlab.core.evaluate.runner import (
     EvalRunner,
     MemorySampler,
     RunProgress,
     ServedCell,
     new_run_config,
 )
-from podlab.core.eval.scorers import JudgeConfig, score_answer
-from podlab.core.eval.store import EvalStore
+from podlab.core.evaluate.scorers import JudgeConfig, score_answer
+from podlab.core.evaluate.store import EvalStore
 from podlab.core.paths import Locations
 from podlab.core.serving.container_spec import ServiceOptions
 from podlab.core.serving.local_server import LocalEngine

@@ -15,19 +15,19 @@ from pathlib import Path
 import pytest
 
 from podlab.core.errors import ConfigError
-from podlab.core.eval.promptset import (
+from podlab.core.evaluate.promptset import (
     PromptItem,
     ScorerSpec,
     builtin_set_names,
     load_prompt_set,
     resolve_prompt_set,
 )
-from podlab.core.eval.report import compare_runs, export_run
-from podlab.core.eval.results import CellSpec, ItemRecord, RunConfig
-from podlab.core.eval.runner import new_run_config
-from podlab.core.eval.scorers import extract_json, parse_verdict, score_answer
-from podlab.core.eval.stats import bootstrap_ci, percentile
-from podlab.core.eval.store import EvalStore
+from podlab.core.evaluate.report import compare_runs, export_run
+from podlab.core.evaluate.results import CellSpec, ItemRecord, RunConfig
+from podlab.core.evaluate.runner import new_run_config
+from podlab.core.evaluate.scorers import extract_json, parse_verdict, score_answer
+from podlab.core.evaluate.stats import bootstrap_ci, percentile
+from podlab.core.evaluate.store import EvalStore
 from podlab.core.paths import Locations
 
 pytestmark = pytest.mark.unit

@@ -13,12 +13,12 @@ from typing import Any, TextIO
 from podlab.cli.output import print_json, print_table, terminal_safe
 from podlab.core.chat.client import GenerationParams
 from podlab.core.errors import PodlabError
-from podlab.core.eval.promptset import builtin_set_names, resolve_prompt_set
-from podlab.core.eval.report import FORMATS, export_run, run_dict, summary_table
-from podlab.core.eval.results import Backend, CellSpec, RunRecord
-from podlab.core.eval.runner import EvalRunner, RunProgress, new_run_config
-from podlab.core.eval.scorers import JudgeConfig
-from podlab.core.eval.store import EvalStore
+from podlab.core.evaluate.promptset import builtin_set_names, resolve_prompt_set
+from podlab.core.evaluate.report import FORMATS, export_run, run_dict, summary_table
+from podlab.core.evaluate.results import Backend, CellSpec, RunRecord
+from podlab.core.evaluate.runner import EvalRunner, RunProgress, new_run_config
+from podlab.core.evaluate.scorers import JudgeConfig
+from podlab.core.evaluate.store import EvalStore
 from podlab.core.paths import atomic_write_text
 from podlab.core.serving.engine import Engine
 from podlab.core.serving.services import ServiceManager

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from PySide6.QtCore import Qt
 
-from podlab.core.eval.stats import CellSummary
+from podlab.core.evaluate.stats import CellSummary
 from podlab.ui.models.formatting import short_size_text
 from podlab.ui.models.table import ModelIndex, RowTableModel
 

@@ -57,19 +57,19 @@ from PySide6.QtWidgets import (
 
 from podlab.core.chat.client import GenerationParams
 from podlab.core.errors import PodlabError
-from podlab.core.eval.promptset import PromptSet, builtin_set_names, resolve_prompt_set
-from podlab.core.eval.report import FORMATS, compare_runs, describe_run, export_run
-from podlab.core.eval.results import Backend, CellSpec, ItemRecord, RunRecord
-from podlab.core.eval.runner import (
+from podlab.core.evaluate.promptset import PromptSet, builtin_set_names, resolve_prompt_set
+from podlab.core.evaluate.report import FORMATS, compare_runs, describe_run, export_run
+from podlab.core.evaluate.results import Backend, CellSpec, ItemRecord, RunRecord
+from podlab.core.evaluate.runner import (
     DEFAULT_MAX_TOKENS,
     EvalRunner,
     RunProgress,
     new_run_config,
     task_progress,
 )
-from podlab.core.eval.scorers import JudgeConfig
-from podlab.core.eval.stats import CellSummary
-from podlab.core.eval.store import EvalStore
+from podlab.core.evaluate.scorers import JudgeConfig
+from podlab.core.evaluate.stats import CellSummary
+from podlab.core.evaluate.store import EvalStore
 from podlab.core.lab import Lab
 from podlab.core.models.store import StoredModel
 from podlab.core.paths import atomic_write_text

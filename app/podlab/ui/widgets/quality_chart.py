@@ -15,7 +15,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from podlab.core.eval.stats import CellSummary
+from podlab.core.evaluate.stats import CellSummary
 
 POINT_COLOUR = "#2a6fb0"
 BEST_COLOUR = "#1e7b34"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from podlab.core.errors import ConfigError
-from podlab.core.eval.scorers import SCORERS, check_params
+from podlab.core.evaluate.scorers import SCORERS, check_params
 from podlab.core.recipes.yamlnodes import MAX_FILE_BYTES, Node, read_yaml
 from podlab.core.resources import resource
 

@@ -32,8 +32,8 @@ from podlab import __version__
 from podlab.core.chat.client import ChatClient, Done, GenerationParams
 from podlab.core.chat.energy import EnergyMeter, Measurement
 from podlab.core.errors import PodlabError
-from podlab.core.eval.promptset import PromptItem, PromptSet
-from podlab.core.eval.results import (
+from podlab.core.evaluate.promptset import PromptItem, PromptSet
+from podlab.core.evaluate.results import (
     FINISHED_CELL_STATES,
     CellRecord,
     CellSpec,
@@ -41,8 +41,8 @@ from podlab.core.eval.results import (
     RunConfig,
     RunRecord,
 )
-from podlab.core.eval.scorers import DETERMINISTIC, Judge, JudgeConfig, Score, score_answer
-from podlab.core.eval.store import EvalStore
+from podlab.core.evaluate.scorers import DETERMINISTIC, Judge, JudgeConfig, Score, score_answer
+from podlab.core.evaluate.store import EvalStore
 from podlab.core.serving.container_spec import ServiceOptions
 from podlab.core.serving.inference import InferenceService
 from podlab.core.serving.planning import ServeRequest

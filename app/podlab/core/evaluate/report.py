@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from podlab.core.eval.results import RunRecord
-from podlab.core.eval.stats import CellSummary
-from podlab.core.eval.store import EvalStore
+from podlab.core.evaluate.results import RunRecord
+from podlab.core.evaluate.stats import CellSummary
+from podlab.core.evaluate.store import EvalStore
 
 ExportFormat = Literal["csv", "json", "md"]
 FORMATS: tuple[ExportFormat, ...] = ("csv", "json", "md")

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from podlab.core.eval.results import CellRecord, ItemRecord
+from podlab.core.evaluate.results import CellRecord, ItemRecord
 
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95

@@ -20,14 +20,14 @@ from typing import Any
 import psutil
 
 from podlab.core.errors import PodlabError
-from podlab.core.eval.results import (
+from podlab.core.evaluate.results import (
     CellRecord,
     CellSpec,
     ItemRecord,
     RunConfig,
     RunRecord,
 )
-from podlab.core.eval.stats import CellSummary, summarize_cell
+from podlab.core.evaluate.stats import CellSummary, summarize_cell
 from podlab.core.paths import Locations, private_file
 
 SCHEMA_VERSION = 1

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from podlab.core.eval.promptset import PromptSet
+from podlab.core.evaluate.promptset import PromptSet
 
 RunStatus = Literal["pending", "running", "paused", "finished", "cancelled", "failed"]
 CellStatus = Literal["pending", "running", "done", "failed", "cancelled"]

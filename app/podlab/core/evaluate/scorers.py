@@ -21,7 +21,7 @@ import jsonschema
 from podlab.core.chat.client import ChatClient, Done, GenerationParams
 
 if TYPE_CHECKING:
-    from podlab.core.eval.promptset import PromptItem, Reference
+    from podlab.core.evaluate.promptset import PromptItem, Reference
 
 SCORERS = ("exact", "contains", "regex", "numeric", "json_schema", "judge")
 DETERMINISTIC = frozenset(SCORERS) - {"judge"}
