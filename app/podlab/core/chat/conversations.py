@@ -15,17 +15,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
-import types
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from podlab.core.errors import PodlabError
-from podlab.core.paths import private_file
+from podlab.core.sqlite_file import SqliteFile
 from podlab.core.text import readable_time
 
 __all__ = [
@@ -177,55 +174,22 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-class ConversationStore:
+class ConversationStore(SqliteFile):
     """The SQLite store. Open with `ConversationStore(path)` (use `Locations.database_file`)."""
 
+    unusable_hint = "move the file away to start a new history"
+
     def __init__(self, path: Path | str, *, use_fts: bool | None = None) -> None:
-        self.path = Path(path)
-        if str(path) != ":memory:":
-            private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                str(path), timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise PodlabError(f"cannot open the database {path}: {exc}") from None
-        self._db.row_factory = sqlite3.Row
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            with self._transaction():
-                for statement in _split_sql(_SCHEMA):
-                    self._db.execute(statement)
-            self.fts = self._setup_fts() if use_fts is not False else False
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self.recovered = self._recover_streaming()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise PodlabError(
-                f"{path} is not a usable Podlab database: {exc}",
-                "move the file away to start a new history",
-            ) from None
+        self._use_fts = use_fts
+        super().__init__(path)
 
-    # -- plumbing ------------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def _create(self) -> None:
+        with self._transaction():
+            for statement in _split_sql(_SCHEMA):
+                self._db.execute(statement)
+        self.fts = self._setup_fts() if self._use_fts is not False else False
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.recovered = self._recover_streaming()
 
     def _setup_fts(self) -> bool:
         try:
@@ -256,21 +220,6 @@ class ConversationStore:
                     ],
                 )
         return len(dead)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> ConversationStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- conversations -------------------------------------------------------------------------
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import psutil
@@ -28,7 +25,8 @@ from podlab.core.evaluate.results import (
     RunRecord,
 )
 from podlab.core.evaluate.stats import CellSummary, summarize_cell
-from podlab.core.paths import Locations, private_file
+from podlab.core.paths import Locations
+from podlab.core.sqlite_file import SqliteFile
 
 SCHEMA_VERSION = 1
 
@@ -124,66 +122,21 @@ _ITEM_COLUMNS = (
 )
 
 
-class EvalStore:
+class EvalStore(SqliteFile):
     """Runs, cells and item results. `EvalStore.open_default()` uses Podlab's state folder."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        if str(path) != ":memory:":
-            private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                str(path), timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise PodlabError(f"cannot open the evaluation database {path}: {exc}") from None
-        self._db.row_factory = sqlite3.Row
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            with self._transaction() as db:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise PodlabError(
-                f"{path} is not a usable Podlab evaluation database: {exc}",
-                "move the file away to start a new one",
-            ) from None
+    what = "evaluation database"
+
+    def _create(self) -> None:
+        with self._transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @classmethod
     def open_default(cls, locations: Locations | None = None) -> EvalStore:
         return cls((locations or Locations.default()).eval_database_file)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> EvalStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
 
     # -- read side (the Evaluate page, `podlab eval list|show|export`) -------------------------
 
