@@ -260,3 +260,48 @@ def chromium_page() -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def labelled_recipe_pod(
+    podman_client: Any, base_image: str, model: str, port: int, gpu: str | None = None
+) -> Iterator[str]:
+    """A pod labelled as the runner labels a chatbot run, with one sleeping container: what a
+    run started by an earlier Podlab process looks like to this one. Yields the run id."""
+    import secrets
+    import time
+
+    from podlab.core.recipes.runner import (
+        LABEL_RECIPE,
+        LABEL_RUN,
+        LABEL_RUN_APP_URL,
+        LABEL_RUN_CREATED,
+        LABEL_RUN_GPU,
+        LABEL_RUN_MODEL,
+        LABEL_RUN_PORTS,
+    )
+    from podlab.core.serving.container_spec import LABEL_MANAGED
+
+    run_id = secrets.token_hex(4)
+    name = f"podlab-recipe-chatbot-{run_id}"
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_RUN: run_id,
+        LABEL_RECIPE: "chatbot",
+        LABEL_RUN_APP_URL: f"http://127.0.0.1:{port}",
+        LABEL_RUN_PORTS: f'{{"chatbot-app": {port}}}',
+        LABEL_RUN_MODEL: model,
+        LABEL_RUN_CREATED: f"{time.time():.0f}",
+    }
+    if gpu is not None:
+        labels[LABEL_RUN_GPU] = gpu
+    pod = podman_client.pods.create(name, labels=labels)
+    podman_client.containers.create(
+        base_image, ["sleep", "600"], name=f"{name}-app", pod=name, labels=labels
+    )
+    pod.start()
+    try:
+        yield run_id
+    finally:
+        for found in podman_client.pods.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
+            found.remove(force=True)

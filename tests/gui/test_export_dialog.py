@@ -6,8 +6,6 @@ llama-cpp-python service, real Podman for the running application."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +14,7 @@ import pytest
 
 from podlab.core.export import ExportedFile, export_recipe, export_service
 from podlab.core.lab import Lab
-from podlab.core.recipes.runner import (
-    LABEL_RECIPE,
-    LABEL_RUN,
-    LABEL_RUN_APP_URL,
-    LABEL_RUN_CREATED,
-    LABEL_RUN_GPU,
-    LABEL_RUN_MODEL,
-    LABEL_RUN_PORTS,
-)
-from podlab.core.serving.container_spec import LABEL_MANAGED, ServiceOptions
+from podlab.core.serving.container_spec import ServiceOptions
 from podlab.core.serving.gpu.host import HostProbe
 from podlab.core.serving.inference import InferenceService, ServiceState
 from podlab.core.serving.planning import ServeRequest, resolve_model
@@ -40,6 +29,7 @@ from tests import harness
 from tests.gui.a11y import unnamed_controls
 from tests.gui.test_services_page import START_TIMEOUT_MS, open_services
 from tests.gui.test_services_page import window as services_window  # noqa: F401 (a fixture)
+from tests.recipe_harness import labelled_recipe_pod
 
 pytestmark = pytest.mark.gui
 
@@ -190,26 +180,10 @@ def labelled_run(
 ) -> Iterator[str]:
     """A pod labelled as the runner labels a chatbot run on an NVIDIA GPU with SmolLM2 (its
     model named as the page's runs name it: the file name without .gguf)."""
-    run_id = secrets.token_hex(4)
-    name = f"podlab-recipe-chatbot-{run_id}"
-    labels = {
-        LABEL_MANAGED: "true",
-        LABEL_RUN: run_id,
-        LABEL_RECIPE: "chatbot",
-        LABEL_RUN_APP_URL: "http://127.0.0.1:36998",
-        LABEL_RUN_PORTS: '{"chatbot-app": 36998}',
-        LABEL_RUN_MODEL: smollm2_model.name.removesuffix(".gguf"),
-        LABEL_RUN_GPU: "nvidia",
-        LABEL_RUN_CREATED: f"{time.time():.0f}",
-    }
-    pod = podman_client.pods.create(name, labels=labels)
-    podman_client.containers.create(
-        base_image, ["sleep", "600"], name=f"{name}-app", pod=name, labels=labels
-    )
-    pod.start()
-    yield run_id
-    for found in podman_client.pods.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
-        found.remove(force=True)
+    with labelled_recipe_pod(
+        podman_client, base_image, smollm2_model.name.removesuffix(".gguf"), 36998, gpu="nvidia"
+    ) as run_id:
+        yield run_id
 
 
 def test_a_running_application_exports_with_its_model_and_gpu(

@@ -22,12 +22,7 @@ from podlab.core.recipes.catalog import load_recipe
 from podlab.core.recipes.runner import (
     LABEL_RECIPE,
     LABEL_RUN,
-    LABEL_RUN_APP_URL,
-    LABEL_RUN_CREATED,
-    LABEL_RUN_MODEL,
-    LABEL_RUN_PORTS,
 )
-from podlab.core.serving.container_spec import LABEL_MANAGED
 from podlab.core.serving.gpu.host import HostProbe
 from podlab.core.tasks import TaskState
 from podlab.ui.download_bridge import bridge_for
@@ -141,25 +136,10 @@ def labelled_pod(
 ) -> Iterator[str]:
     """A pod labelled as the runner labels a chatbot run, with one sleeping container: what a
     run started by an earlier Podlab process looks like to this one."""
-    run_id = secrets.token_hex(4)
-    name = f"podlab-recipe-chatbot-{run_id}"
-    labels = {
-        LABEL_MANAGED: "true",
-        LABEL_RUN: run_id,
-        LABEL_RECIPE: "chatbot",
-        LABEL_RUN_APP_URL: "http://127.0.0.1:36999",
-        LABEL_RUN_PORTS: '{"chatbot-app": 36999}',
-        LABEL_RUN_MODEL: "smollm2-test",
-        LABEL_RUN_CREATED: f"{time.time():.0f}",
-    }
-    pod = podman_client.pods.create(name, labels=labels)
-    podman_client.containers.create(
-        base_image, ["sleep", "600"], name=f"{name}-app", pod=name, labels=labels
-    )
-    pod.start()
-    yield run_id
-    for found in podman_client.pods.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
-        found.remove(force=True)
+    with recipe_harness.labelled_recipe_pod(
+        podman_client, base_image, "smollm2-test", 36999
+    ) as run_id:
+        yield run_id
 
 
 def test_running_applications_are_found_stopped_and_deleted(
