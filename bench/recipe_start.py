@@ -24,23 +24,17 @@ they are missing (the app's build needs PyPI, with the host's CA bundle).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import secrets
-import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from results_file import add_json_option, write_results
+from against_hand import ROOT, main, summary
 from service_start import ensure_image
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.15
 POLL_INTERVAL = 0.05
 READY_TIMEOUT = 120
@@ -173,38 +167,14 @@ async def run(rounds: int, url: str) -> dict[str, Any]:
                     f"   by hand, same podman calls {baseline[-1]:.3f} s"
                 )
     await engine.aclose()
-    p, b = statistics.median(podlab), statistics.median(baseline)
-    print(f"chatbot recipe start -> every container answers, {rounds} rounds (median / best):")
-    print(f"  podlab RecipeRunner.run     : {p:.3f} s / {min(podlab):.3f} s")
-    print(f"  by hand (podman-py, polling): {b:.3f} s / {min(baseline):.3f} s")
-    print(
-        f"  ratio podlab / baseline     : {p / b:.2f} / {min(podlab) / min(baseline):.2f}"
-        f" (target <= {TARGET}, on the medians)"
+    return summary(
+        "chatbot recipe start -> every container answers",
+        ("podlab RecipeRunner.run", "by hand (podman-py, polling)"),
+        podlab,
+        baseline,
+        TARGET,
     )
-    return {"podlab_s": podlab, "baseline_s": baseline, "median_ratio": p / b, "target": TARGET}
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    add_json_option(parser)
-    args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from tests import harness
-
-    env = dict(os.environ)
-    with tempfile.TemporaryDirectory(prefix="podlab-bench-") as tmp:
-        if env.get("CONTAINER_HOST"):
-            figures = asyncio.run(run(args.rounds, env["CONTAINER_HOST"]))
-        else:
-            with harness.podman_service(Path(tmp)) as service:
-                os.environ["CONTAINERS_CONF"] = str(service.containers_conf)
-                harness.ensure_base_image(service.containers_conf)
-                figures = asyncio.run(run(args.rounds, service.url))
-    passed = figures["median_ratio"] <= TARGET
-    write_results("recipe_start", args.json, {"rounds": args.rounds, **figures}, passed)
-    return 0 if passed else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("recipe_start", __doc__.splitlines()[0], run, TARGET))
